@@ -1,0 +1,123 @@
+"""Validation and normalisation of one logged batch, shared by the logger and the calculator.
+
+Sample ids are normalised here, once, at the boundary: tensors and numpy arrays of integers become
+an ``int64`` array, lists of strings an object array of ``str``. Tensors never become dict keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from aum_replay.errors import InputError
+
+__all__ = ["check_logits", "check_targets", "normalize_ids"]
+
+
+def check_logits(logits: Any) -> torch.Tensor:
+    """Return ``logits`` detached, after checking it is a floating tensor of shape (B, C), C >= 2."""
+    if not isinstance(logits, torch.Tensor):
+        raise InputError(
+            f"logits must be a torch.Tensor of shape (B, C), got {type(logits).__name__}"
+        )
+    if logits.ndim != 2:
+        raise InputError(f"logits must have shape (B, C), got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise InputError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+    if logits.shape[1] < 2:
+        raise InputError(
+            f"logits need at least 2 classes (columns) for a margin, got shape "
+            f"{tuple(logits.shape)}"
+        )
+    return logits.detach()
+
+
+def check_targets(targets: Any, rows: int, num_classes: int) -> np.ndarray:
+    """Targets as an ``int64`` array of shape (B,), each in ``[0, num_classes)``."""
+    if isinstance(targets, torch.Tensor):
+        if targets.is_floating_point() or targets.dtype == torch.bool or targets.is_complex():
+            raise InputError(f"targets must hold integer labels, got dtype {targets.dtype}")
+        array = targets.detach().cpu().reshape(-1).numpy()
+        shape = tuple(targets.shape)
+    else:
+        array = np.asarray(targets)
+        shape = array.shape
+        if array.dtype.kind not in "iu":
+            raise InputError(f"targets must hold integer labels, got {array.dtype} values")
+        array = array.reshape(-1)
+    if len(shape) > 1 or len(array) != rows:
+        raise InputError(f"targets must have shape ({rows},) to match the logits, got {shape}")
+    array = array.astype(np.int64, copy=False)
+    bad = np.flatnonzero((array < 0) | (array >= num_classes))
+    if len(bad):
+        raise InputError(
+            f"target {int(array[bad[0]])} (row {int(bad[0])}) is outside [0, {num_classes}) "
+            f"for logits with {num_classes} classes"
+        )
+    return array
+
+
+def normalize_ids(sample_ids: Any, rows: int) -> tuple[np.ndarray, str]:
+    """Sample ids as ``(array, kind)``: ``int64`` with kind ``"int"``, or ``str`` objects, ``"str"``.
+
+    Accepts an integer tensor, a numpy array, or a list/tuple of ints or of strings; mixing ints
+    and strings, other types, or a count other than ``rows`` raises :class:`InputError`.
+    """
+    if isinstance(sample_ids, torch.Tensor):
+        if sample_ids.is_floating_point() or sample_ids.dtype == torch.bool:
+            raise InputError(f"sample ids must be integers or strings, got dtype {sample_ids.dtype}")
+        ids = sample_ids.detach().cpu().reshape(-1).numpy().astype(np.int64)
+        if sample_ids.ndim > 1:
+            raise InputError(f"sample ids must be 1-D, got shape {tuple(sample_ids.shape)}")
+        kind = "int"
+    elif isinstance(sample_ids, np.ndarray):
+        if sample_ids.ndim != 1:
+            raise InputError(f"sample ids must be 1-D, got shape {sample_ids.shape}")
+        if sample_ids.dtype.kind in "iu":
+            ids, kind = sample_ids.astype(np.int64), "int"
+        elif sample_ids.dtype.kind in "US":
+            ids, kind = _strings(sample_ids.tolist()), "str"
+        elif sample_ids.dtype.kind == "O":
+            ids, kind = normalize_ids(sample_ids.tolist(), rows)
+        else:
+            raise InputError(
+                f"sample ids must be integers or strings, got a {sample_ids.dtype} array"
+            )
+    elif isinstance(sample_ids, (list, tuple)):
+        ids, kind = _from_sequence(sample_ids)
+    else:
+        raise InputError(
+            "sample ids must be a tensor, a numpy array or a list of ints or strings, got "
+            f"{type(sample_ids).__name__}"
+        )
+    if len(ids) != rows:
+        raise InputError(f"got {len(ids)} sample ids for {rows} rows of logits")
+    return ids, kind
+
+
+def _from_sequence(values: list[Any] | tuple[Any, ...]) -> tuple[np.ndarray, str]:
+    if not values:
+        return np.zeros(0, dtype=np.int64), "int"
+    ints = strs = 0
+    for v in values:
+        if isinstance(v, str):
+            strs += 1
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            ints += 1
+        elif isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
+            ints += 1
+        else:
+            raise InputError(f"sample id {v!r} is neither an int nor a str")
+    if ints and strs:
+        raise InputError("sample ids mix ints and strings in one batch; use one kind per run")
+    if strs:
+        return _strings(values), "str"
+    return np.array([int(v) for v in values], dtype=np.int64), "int"
+
+
+def _strings(values: Any) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    return out

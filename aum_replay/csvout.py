@@ -1,0 +1,137 @@
+"""The original library's CSV format, written fast, streamed and atomically.
+
+Floats are written in Python's shortest round-trip ``repr`` (``1.0``, ``0.20000001788139343``,
+``1e-05``, ``inf``), NaN as an empty field, ``\\n`` line ends, no index column, and string ids
+quoted only where RFC 4180 needs it. That is what ``pandas.DataFrame.to_csv(index=False)`` writes
+for the same values, so files written by the seed and by aum-replay compare equal.
+
+Every file is written under a temporary name in the target directory and renamed into place by
+:meth:`AtomicCsv.commit`; an error or a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import polars as pl
+
+__all__ = [
+    "FULL_COLUMNS",
+    "FULL_NAME",
+    "VALUES_COLUMNS",
+    "VALUES_NAME",
+    "AtomicCsv",
+    "format_floats",
+    "sort_values",
+]
+
+VALUES_NAME = "aum_values.csv"
+FULL_NAME = "full_aum_records.csv"
+VALUES_COLUMNS = ("sample_id", "aum")
+FULL_COLUMNS = (
+    "sample_id",
+    "num_measurements",
+    "target_logit",
+    "target_val",
+    "other_logit",
+    "other_val",
+    "margin",
+    "aum",
+)
+FLOAT_COLUMNS = frozenset({"aum", "target_val", "other_val", "margin"})
+
+
+def format_floats(values: np.ndarray) -> pl.Series:
+    """Format float64 values as Python's ``repr`` does; NaN becomes null (an empty field).
+
+    Polars' float-to-string cast is the shortest round-trip form too, and agrees with ``repr``
+    except for magnitudes in [1e-9, 1e-4), where ``repr`` switches to an exponent (``1e-05``)
+    and polars does not (``0.00001``) or pads differently. Those rare values go through ``repr``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    out = pl.Series(values, dtype=pl.Float64).cast(pl.String)
+    magnitude = np.abs(values)
+    odd = np.flatnonzero((magnitude < 1e-4) & (magnitude > 0))
+    if len(odd):
+        out = out.scatter(odd, pl.Series([repr(float(v)) for v in values[odd]], dtype=pl.String))
+    nan = np.flatnonzero(np.isnan(values))
+    if len(nan):
+        out = out.scatter(nan, pl.Series([None] * len(nan), dtype=pl.String))
+    return out
+
+
+def _frame(columns: dict[str, np.ndarray | pl.Series]) -> pl.DataFrame:
+    data = {}
+    for name, col in columns.items():
+        if name in FLOAT_COLUMNS and not isinstance(col, pl.Series):
+            data[name] = format_floats(col)
+        else:
+            data[name] = col if isinstance(col, pl.Series) else pl.Series(name, col)
+    return pl.DataFrame(data)
+
+
+def sort_values(sample_ids: np.ndarray, aum: np.ndarray) -> np.ndarray:
+    """Row order of ``aum_values.csv``: aum descending, NaN last, ties by ``sample_id`` ascending.
+
+    ``sample_ids`` (N,) ints or strings, ``aum`` (N,) float64. Returns a permutation (N,).
+    """
+    aum = np.asarray(aum, dtype=np.float64)
+    id_rank = np.argsort(np.argsort(sample_ids, kind="stable"), kind="stable")
+    nan = np.isnan(aum)
+    key = np.where(nan, 0.0, -aum)
+    return np.lexsort((id_rank, key, nan))
+
+
+class AtomicCsv:
+    """A CSV file written in pieces under a temporary name, renamed into place by :meth:`commit`.
+
+    Parameters
+    ----------
+    path
+        The final path.
+    columns
+        Header names, in order.
+    """
+
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        self.path = Path(path)
+        self.columns = columns
+        self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._fh: IO[bytes] | None = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._fh.write((",".join(columns) + "\n").encode())
+
+    def write(self, columns: dict[str, np.ndarray | pl.Series]) -> None:
+        """Append rows; float columns given as float64 arrays are formatted here."""
+        assert self._fh is not None, "file already committed or aborted"
+        frame = _frame({name: columns[name] for name in self.columns})
+        frame.write_csv(self._fh, include_header=False, line_terminator="\n")
+
+    def commit(self) -> Path:
+        """Flush, fsync and rename the file to its final name."""
+        assert self._fh is not None, "file already committed or aborted"
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; the final name is left untouched."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicCsv:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self._fh is not None:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.abort()

@@ -1,0 +1,401 @@
+"""The on-disk contract (format v1): file names, datasets, attributes; the shard writer and reader.
+
+A run directory holds one HDF5 *shard* per (epoch, rank)::
+
+    run_dir/epoch_00003.rank_001.h5
+
+Each shard has three datasets of equal length R (rows, in the order they were logged):
+
+- ``logits``      (R, C), the stored dtype (``float32``, ``float64``, ``float16``; ``bfloat16`` is
+  kept bit-exact as ``uint16`` and tagged by the ``stored_dtype`` attribute)
+- ``targets``     (R,) ``int64``, the assigned label of each row
+- ``sample_ids``  (R,) ``int64``, or variable-length UTF-8 strings
+
+and the attributes listed in :data:`REQUIRED_ATTRS`. A shard is written under a temporary name
+(``<final name>.<pid>.tmp``) and renamed once complete, so a file under its final name is always
+whole. Both the writer (:mod:`aum_replay.logger`) and every reader import this module; nothing else
+knows dataset names or attribute keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from aum_replay._version import __version__
+from aum_replay.errors import FormatError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ShardInfo",
+    "ShardReader",
+    "ShardWriter",
+    "list_shards",
+    "list_temporaries",
+    "shard_name",
+]
+
+FORMAT_NAME = "aum-replay-shard"
+FORMAT_VERSION = 1
+
+LOGITS = "logits"
+TARGETS = "targets"
+SAMPLE_IDS = "sample_ids"
+
+SHARD_RE = re.compile(r"^epoch_(\d{5,})\.rank_(\d{3,})\.h5$")
+TMP_SUFFIX = ".tmp"
+
+REQUIRED_ATTRS = (
+    "format",
+    "format_version",
+    "epoch",
+    "rank",
+    "world_size",
+    "num_classes",
+    "logits_dtype",
+    "stored_dtype",
+    "id_kind",
+    "num_rows",
+    "package_version",
+    "created_utc",
+    "metadata",
+)
+
+#: Stored dtype name -> (numpy dtype on disk, torch dtype in memory).
+STORED_DTYPES: dict[str, tuple[np.dtype[Any], torch.dtype]] = {
+    "float64": (np.dtype(np.float64), torch.float64),
+    "float32": (np.dtype(np.float32), torch.float32),
+    "float16": (np.dtype(np.float16), torch.float16),
+    "bfloat16": (np.dtype(np.uint16), torch.bfloat16),
+}
+
+ID_KINDS = ("int", "str")
+STR_DTYPE = h5py.string_dtype("utf-8")
+
+
+def shard_name(epoch: int, rank: int) -> str:
+    """File name of the shard of ``epoch`` written by ``rank``."""
+    return f"epoch_{epoch:05d}.rank_{rank:03d}.h5"
+
+
+def list_shards(run_dir: Path) -> list[tuple[int, int, Path]]:
+    """``(epoch, rank, path)`` of every published shard in ``run_dir``, sorted by epoch then rank."""
+    found = []
+    for entry in os.scandir(run_dir):
+        m = SHARD_RE.match(entry.name)
+        if m and entry.is_file():
+            found.append((int(m.group(1)), int(m.group(2)), Path(entry.path)))
+    return sorted(found)
+
+
+def list_temporaries(run_dir: Path) -> list[Path]:
+    """Leftover temporary shards (a process died before publishing them); readers ignore them."""
+    return sorted(
+        Path(e.path) for e in os.scandir(run_dir) if e.name.endswith(TMP_SUFFIX) and e.is_file()
+    )
+
+
+def torch_to_stored(dtype: torch.dtype) -> str:
+    """Name of the stored dtype that keeps ``dtype`` exactly."""
+    for name, (_, tdt) in STORED_DTYPES.items():
+        if tdt == dtype:
+            return name
+    raise KeyError(str(dtype))
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """The attributes of one shard, validated."""
+
+    path: Path
+    epoch: int
+    rank: int
+    world_size: int
+    num_classes: int
+    num_rows: int
+    logits_dtype: str
+    stored_dtype: str
+    id_kind: str
+    package_version: str
+    created_utc: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    threshold: dict[str, Any] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the file on disk."""
+        return self.path.stat().st_size
+
+
+class ShardWriter:
+    """Appends rows to one shard under a temporary name; :meth:`publish` makes it final.
+
+    Parameters
+    ----------
+    final_path
+        Where the finished shard goes.
+    epoch, rank, world_size
+        Written into the attributes.
+    num_classes
+        C, the width of the logits.
+    logits_dtype
+        Name of the dtype the logits had when logged (informational).
+    stored_dtype
+        One of :data:`STORED_DTYPES`.
+    id_kind
+        ``"int"`` or ``"str"``.
+    chunk_rows
+        Rows per HDF5 chunk (computed by the caller from a byte budget).
+    compression
+        ``None`` (default, fastest replay), ``"lzf"`` or ``"gzip"``.
+    metadata
+        JSON-able dict stored as the ``metadata`` attribute.
+    threshold
+        Threshold-sample description (see :mod:`aum_replay.threshold`), or ``None``.
+    """
+
+    def __init__(
+        self,
+        final_path: Path,
+        *,
+        epoch: int,
+        rank: int,
+        world_size: int,
+        num_classes: int,
+        logits_dtype: str,
+        stored_dtype: str,
+        id_kind: str,
+        chunk_rows: int,
+        compression: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        threshold: dict[str, Any] | None = None,
+    ) -> None:
+        self.final_path = final_path
+        self.tmp_path = final_path.with_name(f"{final_path.name}.{os.getpid()}{TMP_SUFFIX}")
+        disk_dtype = STORED_DTYPES[stored_dtype][0]
+        chunk_bytes = chunk_rows * num_classes * disk_dtype.itemsize
+        self._file = h5py.File(self.tmp_path, "w", rdcc_nbytes=max(4 * chunk_bytes, 1 << 20))
+        opts: dict[str, Any] = {"compression": compression} if compression else {}
+        f = self._file
+        f.create_dataset(
+            LOGITS,
+            shape=(0, num_classes),
+            maxshape=(None, num_classes),
+            dtype=disk_dtype,
+            chunks=(chunk_rows, num_classes),
+            **opts,
+        )
+        f.create_dataset(TARGETS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk_rows,))
+        f.create_dataset(
+            SAMPLE_IDS,
+            shape=(0,),
+            maxshape=(None,),
+            dtype=np.int64 if id_kind == "int" else STR_DTYPE,
+            chunks=(chunk_rows,),
+        )
+        attrs = f.attrs
+        attrs["format"] = FORMAT_NAME
+        attrs["format_version"] = FORMAT_VERSION
+        attrs["epoch"] = epoch
+        attrs["rank"] = rank
+        attrs["world_size"] = world_size
+        attrs["num_classes"] = num_classes
+        attrs["logits_dtype"] = logits_dtype
+        attrs["stored_dtype"] = stored_dtype
+        attrs["id_kind"] = id_kind
+        attrs["num_rows"] = -1  # set by publish(): -1 marks an unfinished file
+        attrs["package_version"] = __version__
+        attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        attrs["metadata"] = json.dumps(metadata or {}, sort_keys=True)
+        if threshold is not None:
+            attrs["threshold"] = json.dumps(threshold, sort_keys=True)
+        self.rows = 0
+
+    def append(self, logits: np.ndarray, targets: np.ndarray, sample_ids: np.ndarray) -> None:
+        """Append ``n`` rows: logits (n, C) in the disk dtype, targets (n,), ids (n,)."""
+        n = len(targets)
+        start, stop = self.rows, self.rows + n
+        for name, data in ((LOGITS, logits), (TARGETS, targets), (SAMPLE_IDS, sample_ids)):
+            ds = self._file[name]
+            ds.resize(stop, axis=0)
+            ds[start:stop] = data
+        self.rows = stop
+
+    def publish(self) -> Path:
+        """Finish the file, fsync it and rename it to its final name (replacing an old shard)."""
+        self._file.attrs["num_rows"] = self.rows
+        self._file.flush()
+        self._file.close()
+        fd = os.open(self.tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp_path, self.final_path)
+        _fsync_dir(self.final_path.parent)
+        return self.final_path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (best effort)."""
+        try:
+            self._file.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _attr(attrs: Any, key: str, path: Path) -> Any:
+    try:
+        value = attrs[key]
+    except KeyError:
+        raise FormatError(f"{path}: not an aum-replay shard (attribute {key!r} missing)") from None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def read_info(path: Path) -> ShardInfo:
+    """Open ``path`` and validate its attributes and datasets; raise :class:`FormatError` if bad."""
+    try:
+        with h5py.File(path, "r") as f:
+            return _validate(f, path)
+    except FormatError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
+
+
+def _validate(f: h5py.File, path: Path) -> ShardInfo:
+    attrs = f.attrs
+    name = _attr(attrs, "format", path)
+    if name != FORMAT_NAME:
+        raise FormatError(f"{path}: not an aum-replay shard (format {name!r})")
+    version = int(_attr(attrs, "format_version", path))
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"{path}: shard format version {version} is newer than this aum-replay "
+            f"({__version__}) reads (version {FORMAT_VERSION}); upgrade aum-replay"
+        )
+    if version < 1:
+        raise FormatError(f"{path}: unknown shard format version {version}")
+    values = {key: _attr(attrs, key, path) for key in REQUIRED_ATTRS}
+    stored = str(values["stored_dtype"])
+    if stored not in STORED_DTYPES:
+        raise FormatError(f"{path}: unknown stored dtype {stored!r}")
+    id_kind = str(values["id_kind"])
+    if id_kind not in ID_KINDS:
+        raise FormatError(f"{path}: unknown id kind {id_kind!r}")
+    num_rows = int(values["num_rows"])
+    num_classes = int(values["num_classes"])
+    if num_rows < 0:
+        raise FormatError(f"{path}: shard was never finished (num_rows unset)")
+    for ds_name in (LOGITS, TARGETS, SAMPLE_IDS):
+        if ds_name not in f:
+            raise FormatError(f"{path}: dataset {ds_name!r} missing")
+        if f[ds_name].shape[0] != num_rows:
+            raise FormatError(
+                f"{path}: dataset {ds_name!r} has {f[ds_name].shape[0]} rows, expected {num_rows}"
+            )
+    if f[LOGITS].ndim != 2 or f[LOGITS].shape[1] != num_classes:
+        raise FormatError(f"{path}: logits shape {f[LOGITS].shape} does not match C={num_classes}")
+    try:
+        metadata = json.loads(values["metadata"])
+        threshold = json.loads(_attr(attrs, "threshold", path)) if "threshold" in attrs else None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise FormatError(f"{path}: metadata is not valid JSON ({exc})") from None
+    return ShardInfo(
+        path=path,
+        epoch=int(values["epoch"]),
+        rank=int(values["rank"]),
+        world_size=int(values["world_size"]),
+        num_classes=num_classes,
+        num_rows=num_rows,
+        logits_dtype=str(values["logits_dtype"]),
+        stored_dtype=stored,
+        id_kind=id_kind,
+        package_version=str(values["package_version"]),
+        created_utc=str(values["created_utc"]),
+        metadata=metadata,
+        threshold=threshold,
+    )
+
+
+class ShardReader:
+    """Reads a published shard in blocks of rows.
+
+    Use as a context manager. Every HDF5 failure is re-raised as :class:`FormatError` naming the
+    file, so a corrupt or truncated shard never surfaces as a bare ``OSError``.
+    """
+
+    def __init__(self, path: Path, *, cache_bytes: int = 16 << 20) -> None:
+        self.path = path
+        try:
+            self._file = h5py.File(path, "r", rdcc_nbytes=cache_bytes)
+        except (OSError, ValueError) as exc:
+            raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
+        try:
+            self.info = _validate(self._file, path)
+        except FormatError:
+            self._file.close()
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            self._file.close()
+            raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Sample ids of rows ``[start, stop)``: ``int64``, or an object array of ``str``."""
+        stop = self.info.num_rows if stop is None else stop
+        try:
+            ds = self._file[SAMPLE_IDS]
+            if self.info.id_kind == "str":
+                return np.asarray(ds.asstr()[start:stop], dtype=object)
+            return np.asarray(ds[start:stop], dtype=np.int64)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise FormatError(f"{self.path}: cannot read sample ids ({exc})") from None
+
+    def read_block(self, start: int, stop: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Logits (n, C) as a tensor in the stored dtype and targets (n,) ``int64``."""
+        try:
+            logits = self._file[LOGITS][start:stop]
+            targets = np.asarray(self._file[TARGETS][start:stop], dtype=np.int64)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise FormatError(f"{self.path}: cannot read rows {start}:{stop} ({exc})") from None
+        if self.info.stored_dtype == "bfloat16":
+            return torch.from_numpy(logits.view(np.int16)).view(torch.bfloat16), targets
+        return torch.from_numpy(logits), targets
+
+    def blocks(self, block_rows: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` row ranges covering the shard in blocks of ``block_rows``."""
+        n = self.info.num_rows
+        for start in range(0, n, block_rows):
+            yield start, min(start + block_rows, n)

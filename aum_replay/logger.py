@@ -1,0 +1,447 @@
+"""LogitLogger: the training-time hook that records each epoch's logits to HDF5 shards.
+
+The caller's thread only validates the batch and copies it into a preallocated, chunk-sized host
+buffer (one ``copy_``: device, dtype and detach in one go). Full buffers go to a background writer
+thread through a bounded pool, so a slow disk slows training down (back-pressure) instead of
+growing memory. An epoch is published - flushed, fsynced and renamed to its final name - when the
+next epoch starts, on :meth:`LogitLogger.end_epoch` or on :meth:`LogitLogger.close`; publishing
+waits for the writer, so once ``end_epoch()`` returns the epoch survives a ``SIGKILL``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from aum_replay.batch import check_logits, check_targets, normalize_ids
+from aum_replay.errors import AumReplayError, InputError
+from aum_replay.format import (
+    STORED_DTYPES,
+    TMP_SUFFIX,
+    ShardWriter,
+    list_shards,
+    read_info,
+    shard_name,
+    torch_to_stored,
+)
+
+__all__ = ["LogitLogger"]
+
+STORAGE_CHOICES = ("auto", "float32", "float16")
+COMPRESSION_CHOICES = (None, "lzf", "gzip")
+
+
+class LogitLogger:
+    """Record logits, targets and sample ids of every training step, one shard per epoch and rank.
+
+    Parameters
+    ----------
+    run_dir
+        Directory of the run; created if missing. A directory that already holds shards is
+        resumed: logging an epoch that is already published replaces that rank's shard (with a
+        warning) when the epoch is published again.
+    rank, world_size
+        Taken from ``torch.distributed`` when it is initialised, else 0 and 1.
+    storage
+        ``"auto"`` (default) keeps the logits' own precision: float32 as float32, float16 and
+        bfloat16 bit-exact, float64 as float64. ``"float16"`` halves the disk of float32 logits
+        but is lossy (AUM changes by ~1e-3); ``"float32"`` stores everything as float32.
+    compression
+        ``None`` (default), ``"lzf"`` or ``"gzip"``. Real logits compress only ~1.1-1.3x and
+        compressed shards replay 2-10x slower, so the default is off.
+    chunk_bytes
+        Target size of one HDF5 chunk and of one host buffer (default 2 MiB).
+    max_pending
+        Full buffers that may wait for the writer before ``log`` blocks (default 4).
+    metadata
+        JSON-able dict stored in every shard (hyper-parameters, a git hash, ...).
+    threshold_samples
+        A :class:`aum_replay.ThresholdSampleDataset` (or its ``threshold_metadata()`` dict): the
+        threshold-sample ids, extra class, seed and set index are recorded for ``aum-replay flag``.
+
+    Examples
+    --------
+    >>> with LogitLogger("runs/exp1") as logger:  # doctest: +SKIP
+    ...     for epoch in range(num_epochs):
+    ...         for inputs, targets, sample_ids in loader:
+    ...             logits = model(inputs)
+    ...             logger.log(logits, targets, sample_ids, epoch=epoch)
+    ...         logger.end_epoch()
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage: str = "auto",
+        compression: str | None = None,
+        chunk_bytes: int = 2 << 20,
+        max_pending: int = 4,
+        metadata: dict[str, Any] | None = None,
+        threshold_samples: Any = None,
+    ) -> None:
+        if storage not in STORAGE_CHOICES:
+            raise InputError(f"storage must be one of {STORAGE_CHOICES}, not {storage!r}")
+        if compression not in COMPRESSION_CHOICES:
+            raise InputError(f"compression must be one of {COMPRESSION_CHOICES}, not {compression!r}")
+        if chunk_bytes < 1024:
+            raise InputError(f"chunk_bytes must be at least 1024, not {chunk_bytes}")
+        if max_pending < 1:
+            raise InputError(f"max_pending must be at least 1, not {max_pending}")
+        dist_rank, dist_world = _distributed()
+        self.rank = dist_rank if rank is None else int(rank)
+        self.world_size = dist_world if world_size is None else int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise InputError(f"rank {self.rank} is outside world size {self.world_size}")
+        try:
+            json.dumps(metadata or {})
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"metadata must be JSON-serialisable: {exc}") from None
+        self.metadata = dict(metadata or {})
+        self.threshold = _threshold_metadata(threshold_samples)
+        self.storage = storage
+        self.compression = compression
+        self.chunk_bytes = int(chunk_bytes)
+        self.run_dir = Path(run_dir).expanduser()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AumReplayError(f"{self.run_dir}: cannot create run directory ({exc})") from None
+        self._clean_temporaries()
+        self.num_classes: int | None = None
+        self.id_kind: str | None = None
+        existing = list_shards(self.run_dir)
+        self._published = {(e, r) for e, r, _ in existing}
+        if existing:
+            info = read_info(existing[0][2])
+            self.num_classes, self.id_kind = info.num_classes, info.id_kind
+
+        self._epoch: int | None = None
+        self._stored: str | None = None
+        self._chunk_rows = 0
+        self._buffer: torch.Tensor | None = None
+        self._targets = np.zeros(0, dtype=np.int64)
+        self._ids: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._fill = 0
+        self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        self._max_pending = max_pending
+        self._buffers_made = 0
+        self._tasks: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._writer_loop, name="aum-replay-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ caller's thread
+    def log(self, logits: torch.Tensor, targets: Any, sample_ids: Any, *, epoch: int) -> None:
+        """Record one batch.
+
+        Parameters
+        ----------
+        logits
+            Tensor (B, C), any float dtype, any device, with or without grad.
+        targets
+            Integer labels (B,), a tensor or an array, each in ``[0, C)``.
+        sample_ids
+            (B,) ids: a LongTensor, a numpy array, a list of ints or a list of strings.
+        epoch
+            The epoch these rows belong to. A new number publishes the previous epoch first.
+        """
+        self._raise_pending()
+        if self._closed:
+            raise AumReplayError("log() called on a closed LogitLogger")
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise InputError(f"epoch must be a non-negative int, got {epoch!r}")
+        epoch = int(epoch)
+        logits = check_logits(logits)
+        rows, num_classes = logits.shape
+        if self.num_classes is not None and num_classes != self.num_classes:
+            raise InputError(
+                f"logits have {num_classes} classes but this run has {self.num_classes}; "
+                "the number of classes must not change within a run"
+            )
+        target_array = check_targets(targets, rows, num_classes)
+        ids, kind = normalize_ids(sample_ids, rows)
+        if self.id_kind is not None and kind != self.id_kind and rows:
+            raise InputError(
+                f"sample ids are {kind}s but this run's ids are {self.id_kind}s; "
+                "one run uses one id kind"
+            )
+        stored = self._stored_dtype(logits.dtype)
+        if self._stored is not None and stored != self._stored and epoch == self._epoch:
+            raise InputError(
+                f"logits dtype changed within epoch {epoch} (stored as {self._stored}, now {stored})"
+            )
+        if epoch != self._epoch:
+            self._finish_epoch()
+            self._begin_epoch(epoch, num_classes, stored, logits.dtype, kind)
+        self.num_classes, self.id_kind = num_classes, kind
+        done = 0
+        while done < rows:
+            if self._buffer is None:
+                self._buffer = self._take_buffer()
+                self._fill = 0
+            take = min(rows - done, self._chunk_rows - self._fill)
+            lo, hi = self._fill, self._fill + take
+            self._buffer[lo:hi].copy_(logits[done : done + take])
+            self._targets[lo:hi] = target_array[done : done + take]
+            self._ids[lo:hi] = ids[done : done + take]
+            self._fill = hi
+            done += take
+            if self._fill == self._chunk_rows:
+                self._hand_over()
+
+    def end_epoch(self) -> Path | None:
+        """Publish the current epoch now and wait until it is on disk; returns its path."""
+        self._raise_pending()
+        path = self._finish_epoch()
+        self._raise_pending()
+        return path
+
+    def close(self) -> None:
+        """Publish the current epoch, stop the writer and raise any error it met. Idempotent."""
+        if self._closed:
+            self._raise_pending()
+            return
+        try:
+            self._finish_epoch()
+        finally:
+            self._stop()
+        self._raise_pending()
+
+    def abort(self) -> None:
+        """Discard the unfinished epoch (nothing is published) and stop the writer."""
+        if self._closed:
+            return
+        if self._epoch is not None:
+            self._tasks.put(("abort",))
+            self._epoch = None
+        self._buffer = None
+        self._stop()
+
+    def __enter__(self) -> LogitLogger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            if self._epoch is not None:
+                warnings.warn(
+                    f"epoch {self._epoch} was interrupted by {exc_type.__name__} and is not "
+                    "published; earlier epochs are intact",
+                    stacklevel=2,
+                )
+            self.abort()
+
+    # ------------------------------------------------------------------ helpers
+    def _stored_dtype(self, dtype: torch.dtype) -> str:
+        if self.storage == "float16":
+            return "float16"
+        if self.storage == "float32":
+            return "float32"
+        return torch_to_stored(dtype)
+
+    def _begin_epoch(
+        self, epoch: int, num_classes: int, stored: str, dtype: torch.dtype, kind: str
+    ) -> None:
+        if (epoch, self.rank) in self._published:
+            warnings.warn(
+                f"epoch {epoch} rank {self.rank} is already published in {self.run_dir}; "
+                "it will be replaced when this epoch is published",
+                stacklevel=3,
+            )
+        itemsize = STORED_DTYPES[stored][0].itemsize
+        chunk_rows = max(1, self.chunk_bytes // (num_classes * itemsize))
+        if (chunk_rows, num_classes, stored) != (
+            self._chunk_rows,
+            self.num_classes,
+            self._stored,
+        ) or kind != self.id_kind:
+            self._free = queue.Queue()  # shape changed: old buffers are dropped
+            self._buffers_made = 0
+            self._targets = np.zeros(chunk_rows, dtype=np.int64)
+        self._ids = np.zeros(chunk_rows, dtype=np.int64 if kind == "int" else object)
+        self._chunk_rows, self._stored, self._epoch = chunk_rows, stored, epoch
+        self._tasks.put(
+            (
+                "open",
+                dict(
+                    final_path=self.run_dir / shard_name(epoch, self.rank),
+                    epoch=epoch,
+                    rank=self.rank,
+                    world_size=self.world_size,
+                    num_classes=num_classes,
+                    logits_dtype=str(dtype).removeprefix("torch."),
+                    stored_dtype=stored,
+                    id_kind=kind,
+                    chunk_rows=chunk_rows,
+                    compression=self.compression,
+                    metadata=self.metadata,
+                    threshold=self.threshold,
+                ),
+            )
+        )
+
+    def _take_buffer(self) -> torch.Tensor:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            pass
+        if self._buffers_made < self._max_pending + 1:
+            self._buffers_made += 1
+            assert self.num_classes is not None and self._stored is not None
+            return torch.empty(
+                (self._chunk_rows, self.num_classes), dtype=STORED_DTYPES[self._stored][1]
+            )
+        while True:  # back-pressure: wait for the writer to hand a buffer back
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                self._raise_pending()
+
+    def _hand_over(self) -> None:
+        if self._buffer is None or self._fill == 0:
+            return
+        n = self._fill
+        self._tasks.put(("rows", self._buffer, self._targets[:n].copy(), self._ids[:n].copy(), n))
+        self._buffer, self._fill = None, 0
+
+    def _finish_epoch(self) -> Path | None:
+        if self._epoch is None:
+            return None
+        self._hand_over()
+        done = threading.Event()
+        result: list[Path] = []
+        self._tasks.put(("publish", done, result))
+        while not done.wait(timeout=0.5):
+            if not self._thread.is_alive():  # pragma: no cover - the writer never dies silently
+                raise AumReplayError("the LogitLogger writer thread died")
+        self._published.add((self._epoch, self.rank))
+        self._epoch = None
+        return result[0] if result else None
+
+    def _stop(self) -> None:
+        self._closed = True
+        self._tasks.put(("stop",))
+        self._thread.join()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            if isinstance(error, AumReplayError):
+                raise error
+            raise AumReplayError(f"LogitLogger writer failed: {error}") from error
+
+    def _clean_temporaries(self) -> None:
+        """Remove this rank's temporary shards left by dead processes (a crash mid-epoch)."""
+        suffix = f".rank_{self.rank:03d}.h5."
+        for entry in os.scandir(self.run_dir):
+            name = entry.name
+            if not (name.endswith(TMP_SUFFIX) and suffix in name):
+                continue
+            pid_text = name[: -len(TMP_SUFFIX)].rsplit(".", 1)[-1]
+            if pid_text.isdigit() and _alive(int(pid_text)):
+                continue
+            Path(entry.path).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ writer thread
+    def _writer_loop(self) -> None:
+        writer: ShardWriter | None = None
+        while True:
+            task = self._tasks.get()
+            kind = task[0]
+            try:
+                if kind == "stop":
+                    if writer is not None:
+                        writer.abort()
+                    return
+                if kind == "open":
+                    if writer is not None:
+                        writer.abort()
+                    writer = None
+                    if self._error is None:
+                        writer = ShardWriter(**task[1])
+                elif kind == "rows":
+                    _, buffer, targets, ids, n = task
+                    if writer is not None:
+                        if buffer.dtype == torch.bfloat16:
+                            data = buffer[:n].view(torch.int16).numpy().view(np.uint16)
+                        else:
+                            data = buffer[:n].numpy()
+                        writer.append(data, targets, ids)
+                    self._free.put(buffer)
+                elif kind == "publish":
+                    _, done, result = task
+                    try:
+                        if writer is not None:
+                            result.append(writer.publish())
+                    finally:
+                        writer = None
+                        done.set()
+                elif kind == "abort" and writer is not None:
+                    writer.abort()
+                    writer = None
+            except BaseException as exc:
+                where = f" writing {writer.tmp_path}" if writer is not None else ""
+                self._error = AumReplayError(f"LogitLogger writer failed{where}: {exc}")
+                if writer is not None:
+                    try:
+                        writer.abort()
+                    except Exception:  # noqa: S110 - the first error is the one to report
+                        pass
+                    writer = None
+                if kind == "rows":
+                    self._free.put(task[1])
+                if kind == "publish":
+                    task[1].set()
+
+
+def _distributed() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _threshold_metadata(source: Any) -> dict[str, Any] | None:
+    if source is None:
+        return None
+    meta = source.threshold_metadata() if hasattr(source, "threshold_metadata") else source
+    if not isinstance(meta, dict) or "sample_ids" not in meta or "extra_class" not in meta:
+        raise InputError(
+            "threshold_samples must be a ThresholdSampleDataset or its threshold_metadata() dict"
+        )
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"threshold metadata must be JSON-serialisable: {exc}") from None
+    return dict(meta)

@@ -1,0 +1,152 @@
+"""A run directory: discovering, validating and selecting its shards; the sample-id universe."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aum_replay.epochs import EpochSelection, parse_epochs
+from aum_replay.errors import FormatError, InputError
+from aum_replay.format import ShardInfo, ShardReader, list_shards, list_temporaries, read_info
+
+__all__ = ["Run", "build_universe", "open_run"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """The validated, selected shards of a run directory.
+
+    Attributes
+    ----------
+    run_dir
+        The directory.
+    shards
+        Selected shards in measurement order: epochs ascending, ranks ascending.
+    all_epochs
+        Every epoch number the directory has a shard for.
+    temporaries
+        Leftover temporary files (ignored).
+    num_classes, id_kind
+        Common to every selected shard.
+    """
+
+    run_dir: Path
+    shards: tuple[ShardInfo, ...]
+    all_epochs: tuple[int, ...]
+    temporaries: tuple[Path, ...]
+    num_classes: int
+    id_kind: str
+
+    @property
+    def epochs(self) -> list[int]:
+        """Selected epochs, ascending."""
+        return sorted({s.epoch for s in self.shards})
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.num_rows for s in self.shards)
+
+    @property
+    def threshold(self) -> dict[str, Any] | None:
+        """Threshold-sample description recorded by the logger, if any (the same in every shard)."""
+        for shard in self.shards:
+            if shard.threshold is not None:
+                return shard.threshold
+        return None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.shards[0].metadata if self.shards else {}
+
+
+def open_run(run_dir: str | Path, epochs: str | EpochSelection | None = None) -> Run:
+    """Find the shards of ``run_dir``, select ``epochs`` and validate every selected shard.
+
+    Raises
+    ------
+    FormatError
+        Missing or empty directory; a corrupt, foreign, unfinished or newer-version shard; shards
+        that disagree on the number of classes or the id kind.
+    InputError
+        A malformed selection, or one that matches no epoch.
+    """
+    path = Path(run_dir).expanduser()
+    if not path.exists():
+        raise FormatError(f"{path}: run directory does not exist")
+    if not path.is_dir():
+        raise FormatError(f"{path}: not a directory")
+    found = list_shards(path)
+    temporaries = tuple(list_temporaries(path))
+    if not found:
+        extra = f" (only {len(temporaries)} unfinished temporary file(s))" if temporaries else ""
+        raise FormatError(f"{path}: no shards (epoch_NNNNN.rank_NNN.h5) found{extra}")
+    selection = epochs if isinstance(epochs, EpochSelection) else parse_epochs(epochs)
+    all_epochs = tuple(sorted({e for e, _, _ in found}))
+    chosen = set(selection.apply(all_epochs))
+    infos = []
+    for epoch, rank, shard_path in found:
+        if epoch not in chosen:
+            continue
+        info = read_info(shard_path)
+        if (info.epoch, info.rank) != (epoch, rank):
+            raise FormatError(
+                f"{shard_path}: file name says epoch {epoch} rank {rank}, "
+                f"attributes say epoch {info.epoch} rank {info.rank}"
+            )
+        infos.append(info)
+    first = infos[0]
+    for info in infos[1:]:
+        if info.num_classes != first.num_classes:
+            raise FormatError(
+                f"{info.path}: {info.num_classes} classes, but {first.path.name} has "
+                f"{first.num_classes}; a run must keep the number of classes"
+            )
+        if info.id_kind != first.id_kind:
+            raise FormatError(
+                f"{info.path}: {info.id_kind} sample ids, but {first.path.name} has "
+                f"{first.id_kind} ids; a run must keep one id kind"
+            )
+    return Run(path, tuple(infos), all_epochs, temporaries, first.num_classes, first.id_kind)
+
+
+def build_universe(shards: Sequence[ShardInfo], id_kind: str) -> np.ndarray:
+    """Every distinct sample id in ``shards``, sorted (ints numerically, strings by code point).
+
+    Returns an ``int64`` array, or a numpy unicode array for string ids. Reads the ids only.
+    """
+    uniques: list[np.ndarray] = []
+    for info in shards:
+        with ShardReader(info.path) as reader:
+            ids = reader.read_ids()
+        uniques.append(np.unique(ids.astype(np.str_) if id_kind == "str" else ids))
+        if len(uniques) > 8:  # keep memory O(N), not O(rows)
+            uniques = [np.unique(np.concatenate(uniques))]
+    if not uniques:
+        return np.zeros(0, dtype=np.int64 if id_kind == "int" else np.str_)
+    return np.unique(np.concatenate(uniques))
+
+
+def index_of(universe: np.ndarray, ids: np.ndarray, id_kind: str) -> np.ndarray:
+    """Dense index of each id in the sorted ``universe``, shape (B,) ``int64``."""
+    if id_kind == "str":
+        ids = ids.astype(np.str_)
+    index = np.searchsorted(universe, ids)
+    if len(index) and (index.max() >= len(universe) or not (universe[index] == ids).all()):
+        raise InputError("sample id not in the run's id universe")  # pragma: no cover
+    return index.astype(np.int64, copy=False)
+
+
+def check_targets(targets: np.ndarray, num_classes: int, where: str) -> None:
+    """Raise :class:`FormatError` if a stored target is outside ``[0, num_classes)``."""
+    if len(targets) == 0:
+        return
+    bad = np.flatnonzero((targets < 0) | (targets >= num_classes))
+    if len(bad):
+        raise FormatError(
+            f"{where}: target {int(targets[bad[0]])} at row {int(bad[0])} is outside "
+            f"[0, {num_classes})"
+        )
