@@ -17,7 +17,7 @@ __all__ = ["check_logits", "check_targets", "normalize_ids"]
 
 
 def check_logits(logits: Any) -> torch.Tensor:
-    """Return ``logits`` detached, after checking it is a floating tensor of shape (B, C), C >= 2."""
+    """Return ``logits`` detached, after checking it is a float tensor (B, C), C >= 2."""
     if not isinstance(logits, torch.Tensor):
         raise InputError(
             f"logits must be a torch.Tensor of shape (B, C), got {type(logits).__name__}"
@@ -60,14 +60,16 @@ def check_targets(targets: Any, rows: int, num_classes: int) -> np.ndarray:
 
 
 def normalize_ids(sample_ids: Any, rows: int) -> tuple[np.ndarray, str]:
-    """Sample ids as ``(array, kind)``: ``int64`` with kind ``"int"``, or ``str`` objects, ``"str"``.
+    """Sample ids as ``(array, kind)``: ``int64`` (kind ``"int"``) or ``str`` objects (``"str"``).
 
     Accepts an integer tensor, a numpy array, or a list/tuple of ints or of strings; mixing ints
     and strings, other types, or a count other than ``rows`` raises :class:`InputError`.
     """
     if isinstance(sample_ids, torch.Tensor):
         if sample_ids.is_floating_point() or sample_ids.dtype == torch.bool:
-            raise InputError(f"sample ids must be integers or strings, got dtype {sample_ids.dtype}")
+            raise InputError(
+                f"sample ids must be integers or strings, got dtype {sample_ids.dtype}"
+            )
         ids = sample_ids.detach().cpu().reshape(-1).numpy().astype(np.int64)
         if sample_ids.ndim > 1:
             raise InputError(f"sample ids must be 1-D, got shape {tuple(sample_ids.shape)}")
@@ -104,9 +106,9 @@ def _from_sequence(values: list[Any] | tuple[Any, ...]) -> tuple[np.ndarray, str
     for v in values:
         if isinstance(v, str):
             strs += 1
-        elif isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
-            ints += 1
-        elif isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point():
+        elif (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))) or (
+            isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_floating_point()
+        ):
             ints += 1
         else:
             raise InputError(f"sample id {v!r} is neither an int nor a str")

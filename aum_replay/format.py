@@ -90,7 +90,7 @@ def shard_name(epoch: int, rank: int) -> str:
 
 
 def list_shards(run_dir: Path) -> list[tuple[int, int, Path]]:
-    """``(epoch, rank, path)`` of every published shard in ``run_dir``, sorted by epoch then rank."""
+    """``(epoch, rank, path)`` of every published shard in ``run_dir``, by epoch then rank."""
     found = []
     for entry in os.scandir(run_dir):
         m = SHARD_RE.match(entry.name)
@@ -196,7 +196,9 @@ class ShardWriter:
             chunks=(chunk_rows, num_classes),
             **opts,
         )
-        f.create_dataset(TARGETS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk_rows,))
+        f.create_dataset(
+            TARGETS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk_rows,)
+        )
         f.create_dataset(
             SAMPLE_IDS,
             shape=(0,),

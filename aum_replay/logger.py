@@ -10,6 +10,7 @@ waits for the writer, so once ``end_epoch()`` returns the epoch survives a ``SIG
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -94,7 +95,9 @@ class LogitLogger:
         if storage not in STORAGE_CHOICES:
             raise InputError(f"storage must be one of {STORAGE_CHOICES}, not {storage!r}")
         if compression not in COMPRESSION_CHOICES:
-            raise InputError(f"compression must be one of {COMPRESSION_CHOICES}, not {compression!r}")
+            raise InputError(
+                f"compression must be one of {COMPRESSION_CHOICES}, not {compression!r}"
+            )
         if chunk_bytes < 1024:
             raise InputError(f"chunk_bytes must be at least 1024, not {chunk_bytes}")
         if max_pending < 1:
@@ -140,7 +143,9 @@ class LogitLogger:
         self._tasks: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._error: BaseException | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._writer_loop, name="aum-replay-writer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._writer_loop, name="aum-replay-writer", daemon=True
+        )
         self._thread.start()
 
     # ------------------------------------------------------------------ caller's thread
@@ -181,7 +186,8 @@ class LogitLogger:
         stored = self._stored_dtype(logits.dtype)
         if self._stored is not None and stored != self._stored and epoch == self._epoch:
             raise InputError(
-                f"logits dtype changed within epoch {epoch} (stored as {self._stored}, now {stored})"
+                f"logits dtype changed within epoch {epoch} "
+                f"(stored as {self._stored}, now {stored})"
             )
         if epoch != self._epoch:
             self._finish_epoch()
@@ -402,10 +408,8 @@ class LogitLogger:
                 where = f" writing {writer.tmp_path}" if writer is not None else ""
                 self._error = AumReplayError(f"LogitLogger writer failed{where}: {exc}")
                 if writer is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         writer.abort()
-                    except Exception:  # noqa: S110 - the first error is the one to report
-                        pass
                     writer = None
                 if kind == "rows":
                     self._free.put(task[1])

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -156,9 +156,11 @@ def compute(
         if threads is not None:
             torch.set_num_threads(threads)
             stack.callback(torch.set_num_threads, old_threads)
-        spill = stack.enter_context(_Spill.open(out_path, n, run.num_rows, spill_bytes)) if (
-            full and out_path is not None
-        ) else None
+        spill = (
+            stack.enter_context(_Spill.open(out_path, n, run.num_rows, spill_bytes))
+            if (full and out_path is not None)
+            else None
+        )
         for block in _stream(run, universe, block_bytes):
             _process(block, acc, stats, spill, torch_device, duplicates, n)
             if progress is not None:
@@ -277,10 +279,8 @@ def _stream(run: Run, universe: np.ndarray, block_bytes: int) -> Iterator[_Block
         finally:
             if pending is not None:
                 pending.cancel()
-                try:
+                with suppress(AumReplayError, Exception):
                     pending.result()
-                except (AumReplayError, Exception):  # noqa: S110 - the first error already raised
-                    pass
             for reader in readers.values():
                 reader.close()
 
@@ -402,4 +402,3 @@ class _Spill:
                 columns: dict[str, Any] = {name: part[name] for name in FULL_COLUMNS[1:]}
                 columns["sample_id"] = universe[part["index"]]
                 csv.write(columns)
-

@@ -13,7 +13,7 @@ from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import FormatError, InputError
 from aum_replay.format import ShardInfo, ShardReader, list_shards, list_temporaries, read_info
 
-__all__ = ["Run", "build_universe", "open_run"]
+__all__ = ["EpochSummary", "Run", "RunSummary", "build_universe", "describe_run", "open_run"]
 
 
 @dataclass(frozen=True)
@@ -150,3 +150,64 @@ def check_targets(targets: np.ndarray, num_classes: int, where: str) -> None:
             f"{where}: target {int(targets[bad[0]])} at row {int(bad[0])} is outside "
             f"[0, {num_classes})"
         )
+
+
+@dataclass(frozen=True)
+class EpochSummary:
+    """What one epoch of a run holds (see :func:`describe_run`)."""
+
+    epoch: int
+    ranks: tuple[int, ...]
+    rows: int
+    distinct_ids: int
+    duplicate_rows: int
+    missing_ids: int
+    nbytes: int
+    stored_dtypes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The answer of ``aum-replay info``."""
+
+    run: Run
+    epochs: tuple[EpochSummary, ...]
+    num_samples: int
+    nbytes: int
+
+
+def describe_run(run_dir: str | Path) -> RunSummary:
+    """Validate every shard of ``run_dir`` and count rows, ids, duplicates and gaps per epoch.
+
+    ``missing_ids`` of an epoch counts the ids that other epochs have and this one lacks;
+    ``duplicate_rows`` the rows whose id already appeared earlier in the same epoch.
+    """
+    run = open_run(run_dir)
+    universe = build_universe(run.shards, run.id_kind)
+    summaries = []
+    for epoch in run.epochs:
+        shards = [s for s in run.shards if s.epoch == epoch]
+        seen = np.zeros(len(universe), dtype=np.int64)
+        for info in shards:
+            with ShardReader(info.path) as reader:
+                np.add.at(seen, index_of(universe, reader.read_ids(), run.id_kind), 1)
+        rows = sum(s.num_rows for s in shards)
+        distinct = int((seen > 0).sum())
+        summaries.append(
+            EpochSummary(
+                epoch=epoch,
+                ranks=tuple(s.rank for s in shards),
+                rows=rows,
+                distinct_ids=distinct,
+                duplicate_rows=rows - distinct,
+                missing_ids=len(universe) - distinct,
+                nbytes=sum(s.nbytes for s in shards),
+                stored_dtypes=tuple(sorted({s.stored_dtype for s in shards})),
+            )
+        )
+    return RunSummary(
+        run=run,
+        epochs=tuple(summaries),
+        num_samples=len(universe),
+        nbytes=sum(s.nbytes for s in summaries),
+    )
