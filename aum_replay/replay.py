@@ -65,8 +65,9 @@ class ComputeResult:
     Attributes
     ----------
     aum
-        polars DataFrame with columns ``sample_id``, ``aum``, ``num_measurements``, in the order of
-        ``aum_values.csv`` (aum descending, NaN last, ties by id).
+        polars DataFrame with columns ``sample_id``, ``aum``, ``num_measurements`` and ``target``
+        (the label of the sample's last counted row), in the order of ``aum_values.csv`` (aum
+        descending, NaN last, ties by id).
     values_path, full_path
         The files written (``None`` when not written).
     """
@@ -150,7 +151,7 @@ def compute(
     universe = build_universe(run.shards, run.id_kind)
     n = len(universe)
     acc = MarginAccumulator(n)
-    stats = _Stats()
+    stats = _Stats(labels=np.full(n, -1, dtype=np.int64))
     old_threads = torch.get_num_threads()
     with ExitStack() as stack:
         if threads is not None:
@@ -172,6 +173,7 @@ def compute(
                 "sample_id": universe[order],
                 "aum": aum[order],
                 "num_measurements": acc.counts[order],
+                "target": stats.labels[order],
             }
         )
         values_path = full_path = None
@@ -241,6 +243,7 @@ class _Stats:
     duplicates_dropped: int = 0
     nonfinite: int = 0
     seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def _stream(run: Run, universe: np.ndarray, block_bytes: int) -> Iterator[_Block]:
@@ -314,6 +317,7 @@ def _process(
             stats.duplicates_dropped += rows - len(keep)
             index = index[keep]
         stats.seen[index] = True
+    stats.labels[index] = block.targets if keep is None else block.targets[keep]
     logits = block.logits.to(device, non_blocking=True)
     targets = torch.from_numpy(block.targets).to(device, non_blocking=True)
     if keep is not None:
