@@ -28,8 +28,10 @@ from aum_replay.errors import InputError
 
 __all__ = ["EpochSelection", "parse_epochs"]
 
-_RANGE = re.compile(r"^(\d*):(\d*)$")
-_COUNT = re.compile(r"^(skip|first|last):(\d+)$")
+# ASCII digits only: str.isdigit() and \d accept characters like "²" that int() rejects.
+_NUMBER = re.compile(r"^[0-9]+$")
+_RANGE = re.compile(r"^([0-9]*):([0-9]*)$")
+_COUNT = re.compile(r"^(skip|first|last):([0-9]+)$")
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def parse_epochs(spec: str | None) -> EpochSelection:
         term = raw.strip().replace(" ", "")
         if term == "all":
             terms.append(("all", None, None))
-        elif term.isdigit():
+        elif _NUMBER.match(term):
             terms.append(("range", int(term), int(term) + 1))
         elif m := _RANGE.match(term):
             lo = int(m.group(1)) if m.group(1) else None
