@@ -1,0 +1,165 @@
+"""The margin kernel: hand-computed cases and properties against a plain per-row loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aum_replay.margins import margins
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def reference_row(row: torch.Tensor, y: int) -> tuple[float, int, float, float]:
+    """One row the slow way: first strictly larger value wins, subtraction in the row's dtype."""
+    other, best = -1, None
+    for k in range(len(row)):
+        if k == y:
+            continue
+        if best is None or bool(row[k] > best):
+            other, best = k, row[k]
+    assert best is not None
+    margin = (row[y] - best).item()  # 0-d tensors: the subtraction happens in row.dtype
+    return row[y].item(), other, best.item(), margin
+
+
+def test_hand_computed_float32() -> None:
+    logits = torch.tensor([[0.3, 0.1, -2.0], [1.0, 5.0, 2.0], [4.0, 4.0, 4.0]])
+    m = margins(logits, torch.tensor([0, 2, 1]))
+    assert m.target_val.tolist() == pytest.approx([0.3, 2.0, 4.0])
+    assert m.other_logit.tolist() == [1, 1, 0]
+    assert m.other_val.tolist() == pytest.approx([0.1, 5.0, 4.0])
+    assert m.margin.dtype == torch.float64
+    # A float32 subtraction, widened afterwards: not 0.2, and not the float64 0.3 - 0.1.
+    assert m.margin.tolist() == [0.20000001788139343, -3.0, 0.0]
+    assert m.other_logit.dtype == torch.int64
+
+
+def test_ties_pick_lowest_index() -> None:
+    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0], [3.0, 3.0, 0.0, 3.0], [2.0, 2.0, 2.0, 2.0]])
+    m = margins(logits, torch.tensor([3, 0, 0]))
+    assert m.other_logit.tolist() == [1, 1, 1]
+    assert m.margin.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_target_is_the_maximum() -> None:
+    logits = torch.tensor([[9.0, 1.0, 2.5, 2.5]])
+    m = margins(logits, torch.tensor([0]))
+    assert m.other_logit.tolist() == [2]
+    assert m.margin.tolist() == [6.5]
+
+
+def test_target_below_every_other_logit() -> None:
+    m = margins(torch.tensor([[-7.0, -1.0, -2.0]]), torch.tensor([0]))
+    assert (m.other_logit.item(), m.margin.item()) == (1, -6.0)
+
+
+def test_nan_in_target_gives_nan_margin() -> None:
+    m = margins(torch.tensor([[math.nan, 1.0, 2.0]]), torch.tensor([0]))
+    assert math.isnan(m.target_val.item())
+    assert m.other_logit.item() == 2 and m.other_val.item() == 2.0
+    assert math.isnan(m.margin.item())
+
+
+def test_nan_among_others_gives_nan_margin() -> None:
+    m = margins(torch.tensor([[1.0, math.nan, 5.0], [0.0, 1.0, 2.0]]), torch.tensor([0, 0]))
+    assert math.isnan(m.other_val[0].item())
+    assert m.other_logit[0].item() == 1
+    assert math.isnan(m.margin[0].item())
+    assert m.margin[1].item() == -2.0  # a NaN in one row leaves the others alone
+
+
+def test_infinities() -> None:
+    inf = math.inf
+    logits = torch.tensor([[inf, 1.0, 2.0], [0.0, inf, 1.0], [inf, inf, 0.0], [-inf, -inf, -inf]])
+    m = margins(logits, torch.tensor([0, 0, 0, 2]))
+    assert m.margin[0].item() == inf
+    assert m.margin[1].item() == -inf
+    assert math.isnan(m.margin[2].item())  # inf - inf
+    assert math.isnan(m.margin[3].item())  # -inf - -inf; the masked target never wins
+    assert m.other_logit[3].item() == 0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "pair", "expected", "widened_first"),
+    [
+        (torch.float16, [0.3, -0.1], 0.39990234375, 0.4000244140625),
+        (torch.bfloat16, [0.3, 0.1], 0.201171875, 0.20068359375),
+        (torch.float32, [0.3, 0.1], 0.20000001788139343, 0.20000001043081284),
+        (torch.float64, [0.3, 0.1], 0.19999999999999998, 0.19999999999999998),
+    ],
+)
+def test_subtraction_happens_in_the_stored_dtype(
+    dtype: torch.dtype, pair: list[float], expected: float, widened_first: float
+) -> None:
+    logits = torch.tensor([pair], dtype=dtype)
+    m = margins(logits, torch.tensor([0]))
+    assert m.target_val.dtype == dtype and m.other_val.dtype == dtype
+    assert m.margin.dtype == torch.float64
+    assert m.margin.item() == expected
+    # Widening before subtracting would give another number (float64 aside).
+    assert logits[0, 0].item() - logits[0, 1].item() == widened_first
+
+
+def test_half_precision_subtraction_rounds() -> None:
+    # 2048 - (-1) = 2049 is not representable in float16 and rounds to 2048.
+    logits = torch.tensor([[2048.0, -1.0]], dtype=torch.float16)
+    m = margins(logits, torch.tensor([0]))
+    assert m.margin.item() == 2048.0
+
+
+def test_inplace_uses_logits_as_scratch_and_matches() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    kept = logits.clone()
+    a = margins(logits, torch.tensor([2, 1]))
+    assert torch.equal(logits, kept)  # not in place: the caller's tensor is untouched
+    b = margins(logits, torch.tensor([2, 1]), inplace=True)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    assert logits[0, 2].item() == -math.inf and logits[1, 1].item() == -math.inf
+
+
+def test_targets_of_any_integer_dtype_and_shape() -> None:
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    a = margins(logits, torch.tensor([1, 1], dtype=torch.int32))
+    b = margins(logits, torch.tensor([[1], [1]]))
+    assert a.margin.tolist() == b.margin.tolist() == [1.0, -1.0]
+
+
+def test_empty_batch() -> None:
+    m = margins(torch.zeros((0, 4)), torch.zeros(0, dtype=torch.int64))
+    assert m.margin.shape == (0,) and m.other_logit.shape == (0,)
+
+
+@st.composite
+def batches(draw: st.DrawFn, values: st.SearchStrategy[float]) -> tuple[torch.Tensor, list[int]]:
+    dtype = draw(st.sampled_from(DTYPES))
+    rows = draw(st.integers(1, 12))
+    cols = draw(st.integers(2, 7))
+    flat = draw(st.lists(values, min_size=rows * cols, max_size=rows * cols))
+    targets = draw(st.lists(st.integers(0, cols - 1), min_size=rows, max_size=rows))
+    return torch.tensor(flat, dtype=torch.float64).reshape(rows, cols).to(dtype), targets
+
+
+def check_against_loop(logits: torch.Tensor, targets: list[int]) -> None:
+    m = margins(logits, torch.tensor(targets))
+    for i, y in enumerate(targets):
+        target_val, other, other_val, margin = reference_row(logits[i], y)
+        assert m.target_val[i].item() == target_val
+        assert m.other_logit[i].item() == other
+        assert m.other_val[i].item() == other_val
+        assert m.margin[i].item() == margin  # bit for bit, no tolerance
+
+
+@given(batches(st.integers(-3, 3).map(float)))
+def test_integer_logits_with_many_ties_match_loop(batch: tuple[torch.Tensor, list[int]]) -> None:
+    check_against_loop(*batch)
+
+
+@given(batches(st.floats(-1e4, 1e4, allow_nan=False, width=32)))
+def test_random_logits_match_loop(batch: tuple[torch.Tensor, list[int]]) -> None:
+    check_against_loop(*batch)
