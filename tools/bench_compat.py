@@ -1,0 +1,128 @@
+"""Benchmark: AUMCalculator.update against the original aum 1.0.2, in one run.
+
+Feeds the same batches (batch 256, C=100 by default, float32 logits, a LongTensor of ids for
+aum-replay and the equivalent Python list for the reference, which mishandles tensor ids) to both
+calculators, alternating rounds so that machine noise hits both alike, and prints one JSON line:
+sample-epochs per second of each (compressed and compressed=False, finalize included) and the
+ratios. Goal: update throughput >= 10x the reference.
+
+    python tools/bench_compat.py [--samples 20000] [--classes 100] [--batch 256] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _batches(samples: int, classes: int, batch: int, seed: int) -> list[tuple]:
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(samples, generator=gen)
+    out = []
+    for start in range(0, samples, batch):
+        ids = perm[start : start + batch]
+        logits = torch.randn(len(ids), classes, generator=gen)
+        targets = torch.randint(0, classes, (len(ids),), generator=gen)
+        out.append((logits, targets, ids, ids.tolist()))
+    return out
+
+
+def _time(make, batches, *, tensor_ids: bool, epochs: int, finalize_dir: Path | None) -> float:
+    calc = make()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for logits, targets, ids, id_list in batches:
+            calc.update(logits, targets, ids if tensor_ids else id_list)
+    if finalize_dir is not None:
+        calc.finalize(str(finalize_dir))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=20_000)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per timed round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import aum
+
+    import aum_replay
+
+    batches = _batches(args.samples, args.classes, args.batch, seed=0)
+    se = args.samples * args.epochs
+    times: dict[str, list[float]] = {k: [] for k in ("ref", "ours", "ref_full", "ours_full")}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for _ in range(args.rounds):
+            times["ref"].append(
+                _time(
+                    lambda: aum.AUMCalculator(tmp),
+                    batches,
+                    tensor_ids=False,
+                    epochs=args.epochs,
+                    finalize_dir=None,
+                )
+            )
+            times["ours"].append(
+                _time(
+                    lambda: aum_replay.AUMCalculator(tmp),
+                    batches,
+                    tensor_ids=True,
+                    epochs=args.epochs,
+                    finalize_dir=None,
+                )
+            )
+            times["ref_full"].append(
+                _time(
+                    lambda: aum.AUMCalculator(tmp, compressed=False),
+                    batches,
+                    tensor_ids=False,
+                    epochs=args.epochs,
+                    finalize_dir=out / "ref",
+                )
+            )
+            times["ours_full"].append(
+                _time(
+                    lambda: aum_replay.AUMCalculator(tmp, compressed=False),
+                    batches,
+                    tensor_ids=True,
+                    epochs=args.epochs,
+                    finalize_dir=out / "ours",
+                )
+            )
+    rate = {k: se / statistics.median(v) for k, v in times.items()}
+    print(
+        json.dumps(
+            {
+                "bench": "compat_update",
+                "samples": args.samples,
+                "classes": args.classes,
+                "batch": args.batch,
+                "epochs_per_round": args.epochs,
+                "rounds": args.rounds,
+                "threads": args.threads,
+                "ref_se_per_s": round(rate["ref"]),
+                "ours_se_per_s": round(rate["ours"]),
+                "ratio_update": round(rate["ours"] / rate["ref"], 2),
+                "ref_full_se_per_s_incl_finalize": round(rate["ref_full"]),
+                "ours_full_se_per_s_incl_finalize": round(rate["ours_full"]),
+                "ratio_full": round(rate["ours_full"] / rate["ref_full"], 2),
+                "goal_ratio_update": 10,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
