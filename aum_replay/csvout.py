@@ -69,7 +69,11 @@ def _frame(columns: dict[str, np.ndarray | pl.Series]) -> pl.DataFrame:
         if name in FLOAT_COLUMNS and not isinstance(col, pl.Series):
             data[name] = format_floats(col)
         else:
-            data[name] = col if isinstance(col, pl.Series) else pl.Series(name, col)
+            series = col if isinstance(col, pl.Series) else pl.Series(name, col)
+            if series.dtype == pl.String:
+                # pandas writes an empty string as an empty field; polars would write "".
+                series = series.set(series == "", None)
+            data[name] = series
     return pl.DataFrame(data)
 
 
