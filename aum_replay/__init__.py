@@ -3,8 +3,11 @@
 from aum_replay._version import __version__
 from aum_replay.compat import AUMCalculator, AUMRecord, DatasetWithIndex
 from aum_replay.errors import AumReplayError, FormatError, InputError
+from aum_replay.flag import FlagResult, flag
 from aum_replay.logger import LogitLogger
+from aum_replay.plots import plot
 from aum_replay.replay import ComputeResult, compute
+from aum_replay.threshold import ThresholdSampleDataset
 
 __all__ = [
     "AUMCalculator",
@@ -12,9 +15,13 @@ __all__ = [
     "AumReplayError",
     "ComputeResult",
     "DatasetWithIndex",
+    "FlagResult",
     "FormatError",
     "InputError",
     "LogitLogger",
+    "ThresholdSampleDataset",
     "__version__",
     "compute",
+    "flag",
+    "plot",
 ]
