@@ -98,7 +98,7 @@ def test_metadata_round_trips_through_logger_and_compute(tmp_path) -> None:
     assert meta["extra_class"] == 10 and meta["set_index"] == 2 and meta["seed"] == 7
     with LogitLogger(tmp_path / "run", threshold_samples=data) as logger:
         for epoch in range(2):
-            for x, y, ids in DataLoader(DatasetWithIndex(data), batch_size=32):
+            for _x, y, ids in DataLoader(DatasetWithIndex(data), batch_size=32):
                 logger.log(torch.randn(len(ids), 11), y, ids, epoch=epoch)
     result = compute(tmp_path / "run")
     assert result.threshold == meta

@@ -1,0 +1,426 @@
+"""Flag mislabeled samples from one or more recorded runs (the library behind ``aum-replay flag``).
+
+Each run is replayed with :func:`aum_replay.compute` (the same engine, so the same AUMs), its
+alpha is taken from its threshold samples (or given), and the flags are combined over the runs with
+the rule of :mod:`aum_replay.threshold`. Two CSV files are written atomically:
+
+``mislabeled.csv``
+    The flagged samples, most suspicious (lowest mean AUM) first: ``sample_id``, ``aum_run1`` ..
+    ``aum_runR`` (empty where the run did not score the sample: absent, or one of its threshold
+    samples), ``aum_mean`` (the mean over the runs that scored it) and ``label`` (the given label).
+``aum_details.csv``
+    Every sample, by ``sample_id``: ``label``, then per run ``aum_runR``, ``threshold_runR`` and
+    ``alpha_runR``, then ``aum_mean`` and ``flagged``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from aum_replay.csvout import AtomicCsv, format_floats
+from aum_replay.epochs import EpochSelection, parse_epochs
+from aum_replay.errors import AumReplayError, InputError
+from aum_replay.replay import ComputeResult, compute
+from aum_replay.run import open_run
+from aum_replay.threshold import combine_flags, flag_run, fraction_alpha, threshold_alpha
+
+__all__ = [
+    "DETAILS_NAME",
+    "MISLABELED_NAME",
+    "SUMMARY_NAME",
+    "FlagResult",
+    "MissingThresholdError",
+    "RunFlags",
+    "flag",
+]
+
+MISLABELED_NAME = "mislabeled.csv"
+DETAILS_NAME = "aum_details.csv"
+SUMMARY_NAME = "flag_summary.json"
+
+AlphaSource = Literal["threshold", "alpha", "fraction"]
+
+
+class MissingThresholdError(InputError):
+    """A run has no threshold samples and neither ``alpha`` nor ``fraction`` was given."""
+
+
+@dataclass
+class RunFlags:
+    """One run's part of a :class:`FlagResult`.
+
+    Attributes
+    ----------
+    run_dir
+        The run directory.
+    alpha
+        The cut-off used for this run.
+    alpha_source
+        ``"threshold"`` (percentile of the threshold samples' AUMs), ``"alpha"`` (given) or
+        ``"fraction"`` (the lowest-AUM fraction of the scored samples).
+    num_samples, num_threshold, num_scored, num_flagged
+        Samples in the run; its threshold samples present in it; the rest (scored); those of the
+        scored ones with ``aum <= alpha``.
+    """
+
+    run_dir: Path
+    alpha: float
+    alpha_source: AlphaSource
+    epochs: list[int]
+    num_samples: int
+    num_threshold: int
+    num_scored: int
+    num_flagged: int
+    threshold: dict[str, Any] | None
+    result: ComputeResult = field(repr=False)
+
+
+@dataclass
+class FlagResult:
+    """What :func:`flag` found.
+
+    Attributes
+    ----------
+    runs
+        Per-run alpha and counts, in the order the runs were given (``aum_run1`` is ``runs[0]``).
+    num_samples
+        Distinct sample ids over all runs.
+    num_scored
+        Samples scored by at least one run (present and not one of its threshold samples).
+    num_flagged
+        Samples flagged (in every run that scored them).
+    flagged_per_class
+        ``{label: count}`` of the flagged samples, by given label, ascending.
+    mislabeled, details
+        The two tables, as written (see the module docstring).
+    """
+
+    runs: list[RunFlags]
+    num_samples: int
+    num_scored: int
+    num_flagged: int
+    flagged_per_class: dict[int, int]
+    percentile: float
+    out_dir: Path | None
+    mislabeled_path: Path | None
+    details_path: Path | None
+    summary_path: Path | None
+    seconds: float
+    mislabeled: pl.DataFrame = field(repr=False)
+    details: pl.DataFrame = field(repr=False)
+
+    @property
+    def fraction_flagged(self) -> float:
+        """Flagged samples over scored samples (0 when nothing was scored)."""
+        return self.num_flagged / self.num_scored if self.num_scored else 0.0
+
+    @property
+    def flagged_ids(self) -> list[Any]:
+        """Ids of the flagged samples, most suspicious first."""
+        return self.mislabeled["sample_id"].to_list()
+
+
+def flag(
+    run_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    percentile: float = 99.0,
+    epochs: str | EpochSelection | None = None,
+    alpha: float | None = None,
+    fraction: float | None = None,
+    duplicates: Literal["first", "all"] = "first",
+    device: str = "cpu",
+    threads: int | None = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> FlagResult:
+    """Flag the samples whose AUM is at or below the threshold samples' alpha, over several runs.
+
+    Parameters
+    ----------
+    run_dirs
+        One run directory or several (e.g. threshold set 1 and set 2 of the same seed).
+    out_dir
+        Where ``mislabeled.csv``, ``aum_details.csv`` and ``flag_summary.json`` go (created if
+        missing); ``None`` writes nothing.
+    percentile
+        alpha = this percentile of each run's threshold-sample AUMs; default 99 (the paper).
+    epochs
+        Epoch selection applied to every run (see :mod:`aum_replay.epochs`); default all.
+    alpha
+        A fixed cut-off for every run instead of the threshold samples' (the recorded threshold
+        samples are still never flagged). Needed, or ``fraction``, for runs without threshold
+        samples.
+    fraction
+        In ``[0, 1]``: in each run, flag the lowest-AUM ``fraction`` of the scored samples.
+        Exclusive with ``alpha``.
+    duplicates, device, threads
+        Passed to :func:`aum_replay.compute`.
+    progress
+        Called as ``progress(rows_done, rows_total)`` over all runs.
+
+    Returns
+    -------
+    FlagResult
+
+    Raises
+    ------
+    MissingThresholdError
+        A run has no threshold samples and neither ``alpha`` nor ``fraction`` is given.
+    AumReplayError
+        A bad run directory, option or threshold description. No output file is changed.
+    """
+    started = time.perf_counter()
+    dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    if not dirs:
+        raise InputError("no run directory given")
+    if alpha is not None and fraction is not None:
+        raise InputError("give alpha or fraction, not both")
+    if alpha is not None and np.isnan(alpha):
+        raise InputError("alpha must be a number, not NaN")
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise InputError(f"fraction must be in [0, 1], not {fraction}")
+    if not 0.0 <= percentile <= 100.0:
+        raise InputError(f"percentile must be in [0, 100], not {percentile}")
+    selection = epochs if isinstance(epochs, EpochSelection) else parse_epochs(epochs)
+
+    runs = [open_run(Path(d), selection) for d in dirs]
+    bare = [str(r.run_dir) for r in runs if not r.threshold]
+    if bare and alpha is None and fraction is None:
+        raise MissingThresholdError(
+            f"no threshold samples recorded in {', '.join(bare)}; give --alpha VALUE or "
+            "--fraction F to choose the cut-off (or record with ThresholdSampleDataset)"
+        )
+    kinds = {r.id_kind for r in runs}
+    if len(kinds) > 1:
+        raise InputError(
+            "the runs mix integer and string sample ids: "
+            + ", ".join(f"{r.run_dir} ({r.id_kind})" for r in runs)
+        )
+    id_kind = kinds.pop()
+    total_rows = sum(r.num_rows for r in runs)
+    done_before = 0
+
+    results: list[ComputeResult] = []
+    for run in runs:
+        report = None
+        if progress is not None:
+            offset = done_before
+
+            def report(done: int, _total: int, offset: int = offset) -> None:
+                progress(offset + done, total_rows)
+
+        results.append(
+            compute(
+                run.run_dir,
+                None,
+                epochs=selection,
+                full=False,
+                duplicates=duplicates,
+                device=device,
+                threads=threads,
+                progress=report,
+            )
+        )
+        done_before += run.num_rows
+
+    universe = np.unique(np.concatenate([_ids(r.aum, id_kind) for r in results]))
+    n, num_runs = len(universe), len(results)
+    aum = np.full((num_runs, n), np.nan)
+    present = np.zeros((num_runs, n), dtype=bool)
+    is_thr = np.zeros((num_runs, n), dtype=bool)
+    labels = np.full((num_runs, n), -1, dtype=np.int64)
+    run_flags: list[RunFlags] = []
+    flags = np.zeros((num_runs, n), dtype=bool)
+    for r, result in enumerate(results):
+        index = np.searchsorted(universe, _ids(result.aum, id_kind))
+        aum[r, index] = result.aum["aum"].to_numpy()
+        present[r, index] = True
+        labels[r, index] = result.aum["target"].to_numpy()
+        meta = result.threshold
+        if meta:
+            is_thr[r] = _threshold_mask(universe, meta, id_kind, result.run_dir) & present[r]
+        scored = present[r] & ~is_thr[r]
+        source: AlphaSource
+        if alpha is not None:
+            cut, source = float(alpha), "alpha"
+        elif fraction is not None:
+            cut, source = fraction_alpha(aum[r], fraction, eligible=scored), "fraction"
+        else:
+            try:
+                cut = threshold_alpha(aum[r, is_thr[r]], percentile)
+            except InputError as exc:
+                raise InputError(f"{result.run_dir}: {exc}") from None
+            source = "threshold"
+        flags[r] = flag_run(aum[r], is_thr[r], cut) & present[r]
+        run_flags.append(
+            RunFlags(
+                run_dir=result.run_dir,
+                alpha=cut,
+                alpha_source=source,
+                epochs=result.epochs,
+                num_samples=result.num_samples,
+                num_threshold=int(is_thr[r].sum()),
+                num_scored=int(scored.sum()),
+                num_flagged=int(flags[r].sum()),
+                threshold=meta,
+                result=result,
+            )
+        )
+
+    scored_all = present & ~is_thr
+    flagged = combine_flags(flags, scored_all)
+    scored_aum = np.where(scored_all, aum, np.nan)
+    counts = scored_all.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # NaN where no run scored the sample, or where a scoring run's AUM is NaN
+        mean_aum = np.where(scored_all, aum, 0.0).sum(axis=0) / counts
+    label = _given_label(labels, scored_all)
+
+    names = [f"run{r + 1}" for r in range(num_runs)]
+    details = pl.DataFrame(
+        {
+            "sample_id": universe,
+            "label": pl.Series(label, dtype=pl.Int64).set(pl.Series(label < 0), None),
+            **{f"aum_{nm}": aum[r] for r, nm in enumerate(names)},
+            **{f"threshold_{nm}": is_thr[r] for r, nm in enumerate(names)},
+            **{f"alpha_{nm}": np.full(n, run_flags[r].alpha) for r, nm in enumerate(names)},
+            "aum_mean": mean_aum,
+            "flagged": flagged,
+        }
+    )
+    picked = np.flatnonzero(flagged)
+    order = picked[np.lexsort((np.arange(len(picked)), mean_aum[picked]))]
+    mislabeled = pl.DataFrame(
+        {
+            "sample_id": universe[order],
+            **{f"aum_{nm}": scored_aum[r, order] for r, nm in enumerate(names)},
+            "aum_mean": mean_aum[order],
+            "label": details["label"].gather(order),
+        }
+    )
+    per_class: dict[int, int] = {}
+    for value in mislabeled["label"].drop_nulls().to_list():
+        per_class[int(value)] = per_class.get(int(value), 0) + 1
+
+    out_path = mislabeled_path = details_path = summary_path = None
+    if out_dir is not None:
+        out_path = _prepare(out_dir)
+        columns = [f"aum_{nm}" for nm in names]
+        detail_cols = (
+            ["sample_id", "label"]
+            + [f"{kind}_{nm}" for nm in names for kind in ("aum", "threshold", "alpha")]
+            + ["aum_mean", "flagged"]
+        )
+        summary = {
+            "percentile": percentile,
+            "epochs": selection.spec,
+            "num_samples": n,
+            "num_scored": int(scored_all.any(axis=0).sum()),
+            "num_flagged": int(flagged.sum()),
+            "runs": [
+                {
+                    "name": nm,
+                    "run_dir": str(rf.run_dir.resolve()),
+                    "alpha": rf.alpha if np.isfinite(rf.alpha) else None,
+                    "alpha_source": rf.alpha_source,
+                    "num_threshold": rf.num_threshold,
+                    "num_flagged": rf.num_flagged,
+                }
+                for nm, rf in zip(names, run_flags, strict=True)
+            ],
+        }
+        with ExitStack() as stack:
+            csv_m = stack.enter_context(
+                AtomicCsv(out_path / MISLABELED_NAME, ("sample_id", *columns, "aum_mean", "label"))
+            )
+            csv_m.write(_formatted(mislabeled))
+            csv_d = stack.enter_context(AtomicCsv(out_path / DETAILS_NAME, tuple(detail_cols)))
+            csv_d.write(_formatted(details))
+            tmp = out_path / f".{SUMMARY_NAME}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            stack.callback(tmp.unlink, missing_ok=True)
+            mislabeled_path = csv_m.commit()
+            details_path = csv_d.commit()
+            summary_path = out_path / SUMMARY_NAME
+            os.replace(tmp, summary_path)
+
+    return FlagResult(
+        runs=run_flags,
+        num_samples=n,
+        num_scored=int(scored_all.any(axis=0).sum()),
+        num_flagged=int(flagged.sum()),
+        flagged_per_class=dict(sorted(per_class.items())),
+        percentile=float(percentile),
+        out_dir=out_path,
+        mislabeled_path=mislabeled_path,
+        details_path=details_path,
+        summary_path=summary_path,
+        seconds=time.perf_counter() - started,
+        mislabeled=mislabeled,
+        details=details,
+    )
+
+
+def _ids(table: pl.DataFrame, id_kind: str) -> np.ndarray:
+    ids = table["sample_id"].to_numpy()
+    return ids.astype(np.str_) if id_kind == "str" else ids.astype(np.int64)
+
+
+def _threshold_mask(
+    universe: np.ndarray, meta: dict[str, Any], id_kind: str, run_dir: Path
+) -> np.ndarray:
+    """Boolean mask (N,) of the recorded threshold ids in ``universe``."""
+    raw = meta.get("sample_ids")
+    if not isinstance(raw, list):
+        raise InputError(f"{run_dir}: threshold metadata has no list of sample_ids")
+    try:
+        ids = np.asarray(raw, dtype=np.str_ if id_kind == "str" else np.int64)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"{run_dir}: threshold sample ids {raw[:3]}... are not {id_kind} ids like the run's"
+        ) from None
+    mask = np.isin(universe, ids)
+    if len(ids) and not mask.any():
+        raise InputError(
+            f"{run_dir}: none of the {len(ids)} recorded threshold sample ids appear in the "
+            "selected epochs"
+        )
+    return mask
+
+
+def _given_label(labels: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Label (N,) of each sample from the last run that scored it; -1 where none did."""
+    out = np.full(labels.shape[1], -1, dtype=np.int64)
+    for r in range(labels.shape[0]):
+        out = np.where(scored[r], labels[r], out)
+    return out
+
+
+def _formatted(frame: pl.DataFrame) -> dict[str, Any]:
+    """Columns for :class:`AtomicCsv`: floats in the seed's shortest round-trip form."""
+    columns: dict[str, Any] = {}
+    for name in frame.columns:
+        col = frame[name]
+        columns[name] = format_floats(col.to_numpy()) if col.dtype == pl.Float64 else col
+    return columns
+
+
+def _prepare(out_dir: str | os.PathLike[str]) -> Path:
+    path = Path(out_dir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AumReplayError(f"{path}: cannot create output directory ({exc.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise AumReplayError(f"{path}: output directory is not writable")
+    return path
