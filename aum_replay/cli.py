@@ -315,6 +315,267 @@ def _bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+RunDirs = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="RUN_DIR",
+        help=(
+            "One or more run directories, e.g. threshold set 1 and set 2 of the same seed: a "
+            "sample is flagged when every run that scored it flags it."
+        ),
+        show_default=False,
+    ),
+]
+Percentile = Annotated[
+    float,
+    typer.Option(
+        "--percentile",
+        min=0.0,
+        max=100.0,
+        help="alpha = this percentile of each run's threshold-sample AUMs (the paper: 99).",
+    ),
+]
+
+
+@app.command("flag")
+@_errors_to_exit
+def flag_command(
+    run_dirs: RunDirs,
+    out_dir: OutDir,
+    percentile: Percentile = 99.0,
+    epochs: Epochs = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            "--alpha",
+            help=(
+                "Fixed cut-off for every run: flag samples with AUM <= VALUE. Needed (or "
+                "--fraction) when a run has no threshold samples."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--fraction",
+            min=0.0,
+            max=1.0,
+            help="Flag the lowest-AUM fraction F of each run's samples (0..1) instead of alpha.",
+            show_default=False,
+        ),
+    ] = None,
+    duplicates: Duplicates = DuplicatesMode.first,
+    device: Device = "cpu",
+    threads: Threads = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Flag mislabeled samples: AUM at or below the threshold samples' alpha.
+
+    Writes OUT_DIR/mislabeled.csv (flagged samples, most suspicious first), OUT_DIR/aum_details.csv
+    (every sample, every run) and OUT_DIR/flag_summary.json.
+
+    Example: aum-replay flag runs/set1 runs/set2 -o flags --epochs 1:150
+    """
+    from aum_replay.flag import MissingThresholdError, flag
+
+    if alpha is not None and fraction is not None:
+        raise typer.BadParameter("give --alpha or --fraction, not both", param_hint="--alpha")
+    try:
+        with _progress("replaying", quiet) as progress:
+            result = flag(
+                run_dirs,
+                out_dir,
+                percentile=percentile,
+                epochs=epochs,
+                alpha=alpha,
+                fraction=fraction,
+                duplicates=duplicates.value,
+                device=device,
+                threads=threads,
+                progress=progress,
+            )
+    except MissingThresholdError as exc:
+        err.print(f"aum-replay: error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    if quiet:
+        return
+    for i, run in enumerate(result.runs, start=1):
+        if run.alpha_source == "threshold":
+            how = f"{percentile:g}th percentile of {run.num_threshold:,} threshold samples"
+        elif run.alpha_source == "fraction":
+            how = f"lowest {fraction:g} of the run's samples"
+        else:
+            how = "given"
+        out.print(
+            f"run{i}  {run.run_dir}: alpha {run.alpha:.6g} ({how}); "
+            f"{run.num_flagged:,} of {run.num_scored:,} scored samples at or below",
+            markup=False,
+        )
+    out.print(
+        f"flagged {result.num_flagged:,} of {result.num_scored:,} samples "
+        f"({100 * result.fraction_flagged:.1f}%)"
+        + (" - flagged in every run that scored them" if len(result.runs) > 1 else ""),
+        markup=False,
+    )
+    if result.flagged_per_class:
+        table = Table(box=None, pad_edge=False)
+        table.add_column("label", justify="right")
+        table.add_column("flagged", justify="right")
+        for label, count in result.flagged_per_class.items():
+            table.add_row(str(label), f"{count:,}")
+        out.print(table)
+    for path in (result.mislabeled_path, result.details_path, result.summary_path):
+        if path is not None:
+            out.print(f"wrote {path}", markup=False)
+
+
+def _split_ids(value: str | None) -> list[str]:
+    if value is None:
+        return []
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    if not ids:
+        raise typer.BadParameter(f"no sample id in {value!r}; use e.g. --ids 3,17")
+    return ids
+
+
+@app.command("plot")
+@_errors_to_exit
+def plot_command(
+    run_dir: RunDir,
+    out_dir: OutDir,
+    ids: Annotated[
+        str | None,
+        typer.Option(
+            "--ids",
+            help="Comma-separated sample ids whose margin-over-epochs curves to draw, e.g. 3,17.",
+            show_default=False,
+        ),
+    ] = None,
+    lowest: Annotated[
+        int,
+        typer.Option("--lowest", min=0, help="Also draw the margins of the N lowest-AUM samples."),
+    ] = 10,
+    flags: Annotated[
+        Path | None,
+        typer.Option(
+            "--flags",
+            metavar="FLAG_DIR",
+            help=(
+                "OUT_DIR of 'aum-replay flag': alpha and the flagged-per-class counts come from "
+                "it. Default: flag this run on its own when it has threshold samples."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Epochs = None,
+    percentile: Percentile = 99.0,
+) -> None:
+    """Draw PNGs: the AUM histogram, margin-over-epochs curves and flagged counts per class.
+
+    Example: aum-replay plot runs/set1 -o plots --ids 3,17 --flags flags
+    """
+    from aum_replay.plots import plot
+
+    paths = plot(
+        run_dir,
+        out_dir,
+        ids=_split_ids(ids),
+        lowest=lowest,
+        flags=flags,
+        epochs=epochs,
+        percentile=percentile,
+    )
+    for path in paths:
+        out.print(f"wrote {path}", markup=False)
+
+
+@app.command("demo")
+@_errors_to_exit
+def demo_command(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            metavar="[DIR]",
+            help="Where the demo writes its runs, CSV files and plots (created if missing).",
+        ),
+    ] = Path("aum-demo"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the noise, sets and training.")] = 0,
+    noise: Annotated[
+        float,
+        typer.Option("--noise", min=0.0, max=0.9, help="Fraction of labels flipped uniformly."),
+    ] = 0.2,
+    train_epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="Training epochs of each of the two runs.")
+    ] = 30,
+    quiet: Quiet = False,
+) -> None:
+    """Find flipped labels in scikit-learn's digits, end to end, and score the result.
+
+    Flips a seeded 20% of the labels, trains a small MLP twice (threshold sets 1 and 2) while
+    LogitLogger records the logits, then runs compute, flag and plot, and prints precision,
+    recall and F1 of the flagged samples against the flips. About 15 s on 2 CPU cores.
+
+    Example: aum-replay demo aum-demo
+    """
+    from aum_replay.demo import DemoConfig, run_demo
+
+    with _stage_progress(quiet) as progress:
+        result = run_demo(
+            directory,
+            seed=seed,
+            noise=noise,
+            config=DemoConfig(epochs=train_epochs),
+            progress=progress,
+        )
+    out.print(
+        f"precision {result.precision:.3f}  recall {result.recall:.3f}  F1 {result.f1:.3f}  "
+        f"({result.true_positives:,} of the {result.num_flagged:,} flagged samples are among the "
+        f"{result.num_flipped:,} flipped labels of {result.num_samples:,})",
+        markup=False,
+    )
+    if quiet:
+        return
+    rows = [
+        ("runs", ", ".join(str(p) for p in result.run_dirs)),
+        ("aum", ", ".join(str(p) for p in result.aum_dirs)),
+        ("flags", str(result.flag_dir / "mislabeled.csv")),
+        ("plots", ", ".join(str(p) for p in result.plot_paths)),
+        ("labels", f"{result.labels_path} (given, true, flipped)"),
+    ]
+    for name, text in rows:
+        out.print(f"{name:<7}{text}", markup=False)
+    out.print(f"done in {result.seconds:.1f} s", markup=False)
+
+
+@contextmanager
+def _stage_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr whose description follows the stages of a long job."""
+    if quiet:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task("starting", total=None)
+
+    def update(stage: str, done: int, total: int) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, description=stage, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+
+
 def main() -> None:
     """Entry point of the ``aum-replay`` console script."""
     app(prog_name="aum-replay")
