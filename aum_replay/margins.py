@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 __all__ = ["Margins", "margins"]
@@ -60,6 +61,22 @@ def margins(logits: torch.Tensor, targets: torch.Tensor, *, inplace: bool = Fals
     target_val = logits.gather(1, index).squeeze(1)
     masked = logits if inplace else logits.clone()
     masked.scatter_(1, index, float("-inf"))
-    other_val, other_logit = masked.max(dim=1)
+    if masked.device.type == "cpu":
+        other_logit = _first_argmax_cpu(masked)
+        other_val = masked.gather(1, other_logit.unsqueeze(1)).squeeze(1)
+    else:
+        other_val, other_logit = masked.max(dim=1)
     margin = (target_val - other_val).to(torch.float64)
     return Margins(target_val, other_logit, other_val, margin)
+
+
+def _first_argmax_cpu(masked: torch.Tensor) -> torch.Tensor:
+    """Index of the first maximum of each row, NaN counting as the maximum, shape (B,) int64.
+
+    The same indices as ``torch.max(dim=1)`` (first among equal maxima, first NaN wins), but
+    numpy's argmax is ~4x faster on CPU than torch's ``max``/``argmax`` with indices. Half
+    precision is widened to float32 first: exact and order-preserving, so the indices agree.
+    """
+    if masked.dtype not in (torch.float32, torch.float64):
+        masked = masked.float()
+    return torch.from_numpy(masked.detach().numpy().argmax(axis=1).astype(np.int64, copy=False))

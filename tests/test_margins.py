@@ -163,3 +163,31 @@ def test_integer_logits_with_many_ties_match_loop(batch: tuple[torch.Tensor, lis
 @given(batches(st.floats(-1e4, 1e4, allow_nan=False, width=32)))
 def test_random_logits_match_loop(batch: tuple[torch.Tensor, list[int]]) -> None:
     check_against_loop(*batch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_classes", [2, 10, 100])
+def test_large_blocks_agree_with_torch_max(dtype: torch.dtype, num_classes: int) -> None:
+    # The reference's own operation is masked.max(dim=1); the kernel must give the same indices
+    # and values on big blocks too, with NaN, +-inf and ties mixed in.
+    gen = torch.Generator().manual_seed(num_classes)
+    logits = torch.randint(-3, 4, (3000, num_classes), generator=gen).to(torch.float64)
+    noise = torch.rand(logits.shape, generator=gen)
+    logits[noise < 0.02] = math.nan
+    logits[(noise >= 0.02) & (noise < 0.04)] = math.inf
+    logits[(noise >= 0.04) & (noise < 0.1)] = -math.inf
+    logits = logits.to(dtype)
+    targets = torch.randint(0, num_classes, (3000,), generator=gen)
+    masked = logits.scatter(1, targets.view(-1, 1), float("-inf"))
+    ref_val, ref_idx = masked.max(dim=1)
+    m = margins(logits, targets)
+    assert torch.equal(m.other_logit, ref_idx)
+    assert torch.allclose(m.other_val.double(), ref_val.double(), rtol=0, atol=0, equal_nan=True)
+    ref_margin = (logits.gather(1, targets.view(-1, 1)).squeeze(1) - ref_val).double()
+    assert torch.allclose(m.margin, ref_margin, rtol=0, atol=0, equal_nan=True)
+
+
+def test_logits_that_require_grad() -> None:
+    logits = torch.tensor([[1.0, 3.0, 2.0]], requires_grad=True)
+    m = margins(logits, torch.tensor([0]))
+    assert m.other_logit.tolist() == [1] and m.margin.tolist() == [-2.0]
