@@ -36,7 +36,7 @@ from aum_replay.epochs import EpochSelection
 from aum_replay.errors import AumReplayError, InputError
 from aum_replay.format import STORED_DTYPES, ShardInfo, ShardReader
 from aum_replay.margins import margins
-from aum_replay.run import Run, build_universe, check_targets, index_of, open_run
+from aum_replay.run import IdIndex, Run, build_universe, check_targets, open_run
 
 __all__ = ["ComputeResult", "compute"]
 
@@ -256,6 +256,7 @@ def _stream(run: Run, universe: np.ndarray, block_bytes: int) -> Iterator[_Block
         for start, stop in _ranges(shard.num_rows, block_rows)
     ]
     readers: dict[Path, ShardReader] = {}
+    id_index = IdIndex(universe, run.id_kind)
 
     def read(i: int) -> _Block:
         shard, start, stop = plan[i]
@@ -267,7 +268,7 @@ def _stream(run: Run, universe: np.ndarray, block_bytes: int) -> Iterator[_Block
             reader = readers[shard.path] = ShardReader(shard.path)
         logits, targets = reader.read_block(start, stop)
         check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")
-        index = index_of(universe, reader.read_ids(start, stop), run.id_kind)
+        index = id_index(reader.read_ids(start, stop))
         new_epoch = i == 0 or plan[i - 1][0].epoch != shard.epoch
         return _Block(shard, start, logits, targets, index, new_epoch)
 
