@@ -101,7 +101,7 @@ def compute(
     device: str = "cpu",
     threads: int | None = 1,
     block_bytes: int = 4 << 20,
-    spill_bytes: int = 32 << 20,
+    spill_bytes: int = 8 << 20,
     progress: Callable[[int, int], None] | None = None,
 ) -> ComputeResult:
     """Replay a recorded run into AUM values (and full records), as the original library would.
