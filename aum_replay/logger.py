@@ -10,6 +10,7 @@ waits for the writer, so once ``end_epoch()`` returns the epoch survives a ``SIG
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -147,6 +148,9 @@ class LogitLogger:
             target=self._writer_loop, name="aum-replay-writer", daemon=True
         )
         self._thread.start()
+        # A daemon thread still holding an open HDF5 file when the interpreter finalises hangs
+        # or segfaults the process, so a logger nobody closed is stopped at exit.
+        atexit.register(self._stop_at_exit)
 
     # ------------------------------------------------------------------ caller's thread
     def log(self, logits: torch.Tensor, targets: Any, sample_ids: Any, *, epoch: int) -> None:
@@ -178,7 +182,10 @@ class LogitLogger:
             )
         target_array = check_targets(targets, rows, num_classes)
         ids, kind = normalize_ids(sample_ids, rows)
-        if self.id_kind is not None and kind != self.id_kind and rows:
+        if rows == 0:
+            # Nothing to record, and an empty id list has no kind: it must not fix the run's.
+            return
+        if self.id_kind is not None and kind != self.id_kind:
             raise InputError(
                 f"sample ids are {kind}s but this run's ids are {self.id_kind}s; "
                 "one run uses one id kind"
@@ -347,6 +354,19 @@ class LogitLogger:
         self._closed = True
         self._tasks.put(("stop",))
         self._thread.join()
+        atexit.unregister(self._stop_at_exit)
+
+    def _stop_at_exit(self) -> None:
+        if self._closed:
+            return
+        if self._epoch is not None:
+            # The epoch may be incomplete (an uncaught exception also ends here): never publish it.
+            warnings.warn(
+                f"LogitLogger for {self.run_dir} was not closed: epoch {self._epoch} is not "
+                "published; call end_epoch() or close()",
+                stacklevel=1,
+            )
+        self.abort()
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -394,13 +414,13 @@ class LogitLogger:
                         writer.append(data, targets, ids)
                     self._free.put(buffer)
                 elif kind == "publish":
+                    # On failure the handler below records the error and removes the temporary
+                    # before it wakes the caller, so end_epoch() cannot miss the error.
                     _, done, result = task
-                    try:
-                        if writer is not None:
-                            result.append(writer.publish())
-                    finally:
+                    if writer is not None:
+                        result.append(writer.publish())
                         writer = None
-                        done.set()
+                    done.set()
                 elif kind == "abort" and writer is not None:
                     writer.abort()
                     writer = None
