@@ -66,7 +66,12 @@ class MarginAccumulator:
         return bool((self._scratch[index] == positions).all())
 
     def update(
-        self, index: np.ndarray, margin: np.ndarray, *, running: bool = False
+        self,
+        index: np.ndarray,
+        margin: np.ndarray,
+        *,
+        running: bool = False,
+        unique: bool = False,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Add one measurement per row, in row order.
 
@@ -79,8 +84,10 @@ class MarginAccumulator:
         running
             If True, return ``(num_measurements, aum)`` after each row, both of shape (B,):
             the count and running mean of that row's sample, as the full records need.
+        unique
+            The caller guarantees that no index repeats (skips the check).
         """
-        if self.all_unique(index):
+        if unique or self.all_unique(index):
             return self._apply(index, margin, running)
         rank = occurrence_rank(index)
         out_n = np.empty(len(index), dtype=np.int64) if running else None

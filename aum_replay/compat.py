@@ -149,6 +149,7 @@ class AUMCalculator:
         assert result is not None
         counts, aum = result
         target_val = m.target_val.to(torch.float64).cpu().numpy()
+        assert m.other_logit is not None
         other_logit = m.other_logit.cpu().numpy()
         other_val = m.other_val.to(torch.float64).cpu().numpy()
         if not self.compressed:

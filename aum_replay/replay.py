@@ -324,16 +324,17 @@ def _process(
     if keep is not None:
         keep_t = torch.from_numpy(keep).to(device)
         logits, targets = logits[keep_t], targets[keep_t]
-    m = margins(logits, targets, inplace=True)
+    m = margins(logits, targets, inplace=True, with_index=spill is not None)
     margin = m.margin.cpu().numpy()
     stats.nonfinite += int((~np.isfinite(margin)).sum())
-    result = acc.update(index, margin, running=spill is not None)
+    result = acc.update(index, margin, running=spill is not None, unique=duplicates == "first")
     if spill is not None and result is not None:
         records = np.empty(len(index), dtype=RECORD_DTYPE)
         records["index"] = index
         records["num_measurements"], records["aum"] = result
         records["target_logit"] = block.targets if keep is None else block.targets[keep]
         records["target_val"] = m.target_val.to(torch.float64).cpu().numpy()
+        assert m.other_logit is not None
         records["other_logit"] = m.other_logit.cpu().numpy()
         records["other_val"] = m.other_val.to(torch.float64).cpu().numpy()
         records["margin"] = margin
