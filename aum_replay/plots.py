@@ -86,7 +86,7 @@ def margin_curves(
     counts = np.zeros(len(epoch_list), dtype=np.int64)
     for shard in run.shards:
         j = column[shard.epoch]
-        with ShardReader(shard.path) as reader:
+        with ShardReader(shard.path, info=shard) as reader:
             for start, stop in reader.blocks(BLOCK_ROWS):
                 logits, targets = reader.read_block(start, stop)
                 margin = margins(logits, torch.from_numpy(targets), inplace=True).margin.numpy()

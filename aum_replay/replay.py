@@ -56,6 +56,7 @@ RECORD_DTYPE = np.dtype(
     ]
 )
 WRITE_ROWS = 1 << 18  # rows formatted per CSV write
+RING = 3  # block buffers: one being read, one being computed on, one spare
 
 
 @dataclass
@@ -162,7 +163,7 @@ def compute(
             if (full and out_path is not None)
             else None
         )
-        for block in _stream(run, universe, block_bytes):
+        for block in _stream(run, IdIndex(universe, run.id_kind), block_bytes):
             _process(block, acc, stats, spill, torch_device, duplicates, n)
             if progress is not None:
                 progress(stats.rows_read, run.num_rows)
@@ -246,17 +247,22 @@ class _Stats:
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def _stream(run: Run, universe: np.ndarray, block_bytes: int) -> Iterator[_Block]:
-    """Blocks of every selected shard in measurement order; the next block is read ahead."""
-    itemsize = STORED_DTYPES[run.shards[0].stored_dtype][0].itemsize
-    block_rows = max(256, block_bytes // (run.num_classes * itemsize))
-    plan = [
-        (shard, start, stop)
-        for shard in run.shards
-        for start, stop in _ranges(shard.num_rows, block_rows)
-    ]
+def _stream(run: Run, ids: IdIndex, block_bytes: int) -> Iterator[_Block]:
+    """Blocks of every selected shard in measurement order; the next block is read ahead.
+
+    Blocks are whole HDF5 chunks, read into a small ring of reused buffers: the reader thread
+    fills one while the caller computes on another.
+    """
+    disk_dtype = STORED_DTYPES[run.shards[0].stored_dtype][0]
+    row_bytes = run.num_classes * disk_dtype.itemsize
+    plan = []
+    for shard in run.shards:
+        chunk = shard.chunk_rows or max(1, block_bytes // row_bytes)
+        block_rows = chunk * max(1, block_bytes // (chunk * row_bytes))
+        plan += [(shard, start, stop) for start, stop in _ranges(shard.num_rows, block_rows)]
+    longest = max((stop - start for _, start, stop in plan), default=0)
+    ring = [np.empty((longest, run.num_classes), dtype=disk_dtype) for _ in range(RING)]
     readers: dict[Path, ShardReader] = {}
-    id_index = IdIndex(universe, run.id_kind)
 
     def read(i: int) -> _Block:
         shard, start, stop = plan[i]
@@ -265,14 +271,15 @@ def _stream(run: Run, universe: np.ndarray, block_bytes: int) -> Iterator[_Block
             for old in readers.values():
                 old.close()
             readers.clear()
-            reader = readers[shard.path] = ShardReader(shard.path)
-        logits, targets = reader.read_block(start, stop)
+            reader = readers[shard.path] = ShardReader(shard.path, info=shard)
+        logits, targets = reader.read_block(start, stop, out=ring[i % RING])
         check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")
-        index = id_index(reader.read_ids(start, stop))
+        index = ids(reader.read_ids(start, stop))
         new_epoch = i == 0 or plan[i - 1][0].epoch != shard.epoch
         return _Block(shard, start, logits, targets, index, new_epoch)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-read") as pool:
+        # One block ahead: the reader fills ring[i + 1] while the caller computes on ring[i].
         pending: Future[_Block] | None = pool.submit(read, 0) if plan else None
         try:
             for i in range(len(plan)):
@@ -283,7 +290,7 @@ def _stream(run: Run, universe: np.ndarray, block_bytes: int) -> Iterator[_Block
         finally:
             if pending is not None:
                 pending.cancel()
-                with suppress(AumReplayError, Exception):
+                with suppress(Exception):  # the first error is already raised
                     pending.result()
             for reader in readers.values():
                 reader.close()

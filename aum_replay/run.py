@@ -127,14 +127,29 @@ def build_universe(shards: Sequence[ShardInfo], id_kind: str) -> np.ndarray:
     Returns an ``int64`` array, or a numpy unicode array for string ids. Reads the ids only.
     """
     uniques: list[np.ndarray] = []
+    present: np.ndarray | None = None  # int ids: a bitmap over [low, low + len(present))
+    low = 0
     for info in shards:
-        with ShardReader(info.path) as reader:
+        with ShardReader(info.path, info=info) as reader:
             ids = reader.read_ids()
-        uniques.append(_sorted_unique(ids.astype(np.str_) if id_kind == "str" else ids))
+        if id_kind == "str":
+            ids = ids.astype(np.str_)
+        elif len(ids):
+            lo, hi = int(ids.min()), int(ids.max())
+            if present is None and not uniques and hi - lo < 4 * len(ids) + 4096:
+                present, low = np.zeros(hi - lo + 1, dtype=bool), lo
+            if present is not None and lo >= low and hi < low + len(present):
+                present[ids - low] = True  # O(rows), no sort: the common dense-id case
+                continue
+        uniques.append(_sorted_unique(ids))
         if len(uniques) > 8:  # keep memory O(N), not O(rows)
             uniques = [_sorted_unique(np.concatenate(uniques))]
+    if present is not None:
+        uniques.append(np.flatnonzero(present).astype(np.int64) + low)
     if not uniques:
         return np.zeros(0, dtype=np.int64 if id_kind == "int" else np.str_)
+    if len(uniques) == 1 and present is not None:
+        return uniques[0]
     return _sorted_unique(np.concatenate(uniques))
 
 
@@ -240,7 +255,7 @@ def describe_run(run_dir: str | Path) -> RunSummary:
         shards = [s for s in run.shards if s.epoch == epoch]
         seen = np.zeros(len(universe), dtype=np.int64)
         for info in shards:
-            with ShardReader(info.path) as reader:
+            with ShardReader(info.path, info=info) as reader:
                 np.add.at(seen, index_of(universe, reader.read_ids(), run.id_kind), 1)
         rows = sum(s.num_rows for s in shards)
         distinct = int((seen > 0).sum())
