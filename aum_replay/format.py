@@ -362,8 +362,7 @@ class ShardReader:
     ) -> None:
         self.path = path
         self._fd: int | None = None
-        self._chunk_offsets: list[int] | None = None
-        self._planned = False
+        self._raw: dict[str, list[int] | None] = {}
         try:
             self._file = h5py.File(path, "r", rdcc_nbytes=cache_bytes)
         except (OSError, ValueError) as exc:
@@ -378,19 +377,25 @@ class ShardReader:
             self._file.close()
             raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
 
-    def _plan_direct(self) -> list[int] | None:
-        """Each logits chunk's byte offset in the file, when the chunks can be read raw.
+    def _raw_offsets(self, name: str) -> list[int] | None:
+        """Byte offset of each chunk of dataset ``name``, when its chunks can be read raw.
 
-        Uncompressed, unfiltered little-endian chunks of full rows are stored exactly as the
-        rows are in memory, so they are read with ``os.preadv`` straight into the caller's
-        buffer: no HDF5 chunk cache copy, and the GIL is released while the disk or page cache
-        works, so reading the next block overlaps computing the current one.
+        Uncompressed, unfiltered little-endian chunks of whole rows hold the rows exactly as they
+        are in memory, so they are read with ``os.preadv`` straight into the caller's buffer: no
+        HDF5 chunk-cache copy, and the GIL is released while the disk or page cache works, so
+        reading the next block overlaps computing the current one. ``None``: use h5py.
         """
-        ds = self._file[LOGITS]
+        if name not in self._raw:
+            self._raw[name] = self._plan_raw(self._file[name])
+        return self._raw[name]
+
+    def _plan_raw(self, ds: h5py.Dataset) -> list[int] | None:
         chunks = ds.chunks
         raw_ok = (
             chunks is not None
-            and chunks[1] == self.info.num_classes
+            and chunks[0] == self.info.chunk_rows
+            and tuple(chunks[1:]) == tuple(ds.shape[1:])
+            and ds.dtype.kind in "fiu"
             and ds.compression is None
             and not ds.shuffle
             and not ds.fletcher32
@@ -402,8 +407,9 @@ class ShardReader:
         if not raw_ok:
             return None
         offsets = []
+        tail = (0,) * (ds.ndim - 1)
         for first in range(0, self.info.num_rows, self.info.chunk_rows):
-            info = ds.id.get_chunk_info_by_coord((first, 0))
+            info = ds.id.get_chunk_info_by_coord((first, *tail))
             if info.byte_offset is None or info.filter_mask:
                 return None
             offsets.append(int(info.byte_offset))
@@ -425,10 +431,11 @@ class ShardReader:
         """Sample ids of rows ``[start, stop)``: ``int64``, or an object array of ``str``."""
         stop = self.info.num_rows if stop is None else stop
         try:
-            ds = self._file[SAMPLE_IDS]
             if self.info.id_kind == "str":
-                return np.asarray(ds.asstr()[start:stop], dtype=object)
-            return np.asarray(ds[start:stop], dtype=np.int64)
+                return np.asarray(self._file[SAMPLE_IDS].asstr()[start:stop], dtype=object)
+            return self._read(SAMPLE_IDS, start, stop, np.empty(stop - start, dtype=np.int64))
+        except FormatError:
+            raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise FormatError(f"{self.path}: cannot read sample ids ({exc})") from None
 
@@ -442,18 +449,11 @@ class ShardReader:
         """
         n = stop - start
         try:
-            ds = self._file[LOGITS]
             if out is None:
-                logits = np.empty((n, self.info.num_classes), dtype=ds.dtype)
-            else:
-                logits = out[:n]
-            if not self._planned:
-                self._chunk_offsets, self._planned = self._plan_direct(), True
-            if self._chunk_offsets is not None:
-                self._read_raw(start, stop, logits)
-            elif n:
-                ds.read_direct(logits, np.s_[start:stop], np.s_[0:n])
-            targets = np.asarray(self._file[TARGETS][start:stop], dtype=np.int64)
+                disk = STORED_DTYPES[self.info.stored_dtype][0]
+                out = np.empty((n, self.info.num_classes), dtype=disk)
+            logits = self._read(LOGITS, start, stop, out[:n])
+            targets = self._read(TARGETS, start, stop, np.empty(n, dtype=np.int64))
         except FormatError:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -462,30 +462,37 @@ class ShardReader:
             return torch.from_numpy(logits.view(np.int16)).view(torch.bfloat16), targets
         return torch.from_numpy(logits), targets
 
-    def _read_raw(self, start: int, stop: int, logits: np.ndarray) -> None:
-        assert self._chunk_offsets is not None
+    def _read(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``[start, stop)`` of dataset ``name`` into ``out`` (contiguous, right dtype)."""
+        offsets = self._raw_offsets(name)
+        if stop <= start:
+            return out
+        if offsets is None or out.dtype != self._file[name].dtype:
+            self._file[name].read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+            return out
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        row_bytes = logits.itemsize * self.info.num_classes
-        dest = memoryview(logits.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-        done = 0
-        row = start
+        row_bytes = out.itemsize * (out.size // len(out))
+        dest = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        chunk_rows = self.info.chunk_rows
+        done, row = 0, start
         while row < stop:
-            chunk, within = divmod(row, self.info.chunk_rows)
-            rows = min(stop - row, self.info.chunk_rows - within)
-            offset = self._chunk_offsets[chunk] + within * row_bytes
+            chunk, within = divmod(row, chunk_rows)
+            rows = min(stop - row, chunk_rows - within)
+            offset = offsets[chunk] + within * row_bytes
             want = rows * row_bytes
             got = 0
             while got < want:
                 step = os.preadv(self._fd, [dest[done + got : done + want]], offset + got)
                 if step <= 0:
                     raise FormatError(
-                        f"{self.path}: truncated: rows {row}:{row + rows} lie past the end of "
-                        "the file"
+                        f"{self.path}: truncated: {name} rows {row}:{row + rows} lie past the "
+                        "end of the file"
                     )
                 got += step
             done += want
             row += rows
+        return out
 
     def blocks(self, block_rows: int) -> Iterator[tuple[int, int]]:
         """``(start, stop)`` row ranges covering the shard in blocks of ``block_rows``."""
