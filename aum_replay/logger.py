@@ -61,7 +61,9 @@ class LogitLogger:
         ``None`` (default), ``"lzf"`` or ``"gzip"``. Real logits compress only ~1.1-1.3x and
         compressed shards replay 2-10x slower, so the default is off.
     chunk_bytes
-        Target size of one HDF5 chunk and of one host buffer (default 2 MiB).
+        Byte budget of one chunk of rows - logits, targets and ids together (default 2 MiB);
+        the host buffers hold the logits of one chunk. A shard takes at least one chunk on
+        disk however few rows it has.
     max_pending
         Full buffers that may wait for the writer before ``log`` blocks (default 4).
     metadata
@@ -280,8 +282,12 @@ class LogitLogger:
                 "it will be replaced when this epoch is published",
                 stacklevel=3,
             )
+        # A row costs its logits, a target (int64) and an id (int64, or a 16-byte reference to a
+        # string). Sizing chunks by the logits alone made the target and id chunks of a run with
+        # few classes several times the budget: every shard, however short, took 8-14 MiB.
         itemsize = STORED_DTYPES[stored][0].itemsize
-        chunk_rows = max(1, self.chunk_bytes // (num_classes * itemsize))
+        row_bytes = num_classes * itemsize + 8 + (8 if kind == "int" else 16)
+        chunk_rows = max(1, self.chunk_bytes // row_bytes)
         if (chunk_rows, num_classes, stored) != (
             self._chunk_rows,
             self.num_classes,

@@ -187,21 +187,44 @@ def test_logits_with_grad_and_non_contiguous_are_copied(tmp_path: Path) -> None:
     np.testing.assert_array_equal(bits(got), bits(logits.detach()))
 
 
-@pytest.mark.parametrize("batch", [7, 25, 26, 60])
+@pytest.mark.parametrize("batch", [7, 18, 19, 60])
 def test_batches_straddling_chunk_boundaries(tmp_path: Path, batch: int) -> None:
-    # chunk_bytes=1024 at C=10 float32 -> 25 rows per chunk and per host buffer.
+    # chunk_bytes=1024 at C=10 float32 with int ids: 40 + 8 + 8 bytes a row -> 18 rows a chunk.
     n, c = 137, 10
     logits, targets, order = make_epoch(0, n=n, c=c)
     with LogitLogger(tmp_path, chunk_bytes=1024, max_pending=1) as logger:
         log_epochs(logger, [(0, logits, targets, order)], batch=batch)
     path = list_shards(tmp_path)[0][2]
     with h5py.File(path, "r") as f:
-        assert f["logits"].chunks == (25, c)
+        assert f["logits"].chunks == (18, c)
+        assert f["targets"].chunks == f["sample_ids"].chunks == (18,)
     got, got_targets, got_ids, info = read_shard(path)
     assert info.num_rows == n
     np.testing.assert_array_equal(bits(got), bits(logits))
     np.testing.assert_array_equal(got_targets, targets.numpy())
     np.testing.assert_array_equal(got_ids, order)
+
+
+@pytest.mark.parametrize(
+    ("c", "dtype", "kind"),
+    [(2, torch.float16, "list_str"), (2, torch.float32, "tensor"), (100, torch.float32, "numpy")],
+)
+def test_chunks_of_all_datasets_stay_within_the_byte_budget(
+    tmp_path: Path, c: int, dtype: torch.dtype, kind: str
+) -> None:
+    budget = 64 << 10
+    logits, targets, order = make_epoch(0, c=c, dtype=dtype)
+    with LogitLogger(tmp_path, chunk_bytes=budget) as logger:
+        logger.log(logits, targets, id_form(kind, order), epoch=0)
+    path = list_shards(tmp_path)[0][2]
+    with h5py.File(path, "r") as f:
+        rows = f["logits"].chunks[0]
+        assert f["targets"].chunks == f["sample_ids"].chunks == (rows,)
+        assert rows > N  # so each dataset holds exactly one (partly filled) chunk
+        chunk_bytes = sum(f[name].id.get_storage_size() for name in f)
+    assert budget // 2 < chunk_bytes <= budget
+    # A short shard costs about one chunk on disk, not several times the budget.
+    assert path.stat().st_size < 2 * budget
 
 
 @pytest.mark.parametrize("compression", ["lzf", "gzip"])
