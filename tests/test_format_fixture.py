@@ -1,0 +1,148 @@
+"""The committed format-v1 fixture is read, and replayed to what the original library computed.
+
+``tests/data/v1_run`` was written by ``LogitLogger`` (see ``tools/make_v1_fixture.py``) and is never
+regenerated for a format change: a reader that can no longer read it, or reads different numbers,
+fails here on purpose. ``tests/data/v1_expected`` holds the ``aum`` 1.0.2 reference's CSV files for
+the same rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import aum_replay
+from aum_replay import FormatError
+from aum_replay.cli import app
+from aum_replay.format import REQUIRED_ATTRS, ShardReader, list_shards, list_temporaries, read_info
+
+DATA = Path(__file__).parent / "data"
+RUN = DATA / "v1_run"
+EXPECTED = DATA / "v1_expected"
+
+
+def load_tool() -> ModuleType:
+    path = Path(__file__).parent.parent / "tools" / "make_v1_fixture.py"
+    spec = importlib.util.spec_from_file_location("make_v1_fixture", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = load_tool()
+
+
+def test_fixture_holds_four_v1_shards() -> None:
+    shards = list_shards(RUN)
+    assert [(e, r) for e, r, _ in shards] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert list_temporaries(RUN) == []
+    for epoch, rank, path in shards:
+        with h5py.File(path, "r") as f:
+            assert sorted(f) == ["logits", "sample_ids", "targets"]
+            assert set(REQUIRED_ATTRS) <= set(f.attrs)
+            assert (f.attrs["format"], int(f.attrs["format_version"])) == ("aum-replay-shard", 1)
+        info = read_info(path)
+        assert (info.epoch, info.rank, info.world_size) == (epoch, rank, 2)
+        assert (info.num_classes, info.num_rows) == (3, 10)
+        assert (info.logits_dtype, info.stored_dtype, info.id_kind) == ("float32",) * 2 + ("int",)
+        assert info.created_utc == "2025-01-01T00:00:00+00:00"
+        assert info.metadata == tool.METADATA
+        assert info.threshold is None
+
+
+def test_reader_returns_exactly_the_logged_rows() -> None:
+    rows = tool.make_rows()
+    shards = list_shards(RUN)
+    assert len(rows) == len(shards)
+    for (epoch, rank, path), (e, r, logits, targets, ids) in zip(shards, rows, strict=True):
+        assert (epoch, rank) == (e, r)
+        with ShardReader(path) as reader:
+            got_logits, got_targets = reader.read_block(0, reader.info.num_rows)
+            got_ids = reader.read_ids()
+            # Reading in uneven blocks gives the same rows.
+            parts = [reader.read_block(a, b)[0] for a, b in reader.blocks(3)]
+        assert got_logits.dtype == torch.float32
+        assert torch.equal(got_logits, logits)
+        assert torch.equal(torch.cat(parts), logits)
+        np.testing.assert_array_equal(got_targets, targets.numpy())
+        assert got_ids.dtype == np.int64 and got_ids.tolist() == ids
+
+
+@pytest.mark.parametrize("duplicates", ["all", "first"])
+def test_replay_of_the_fixture_matches_the_reference_files(tmp_path: Path, duplicates: str) -> None:
+    result = aum_replay.compute(RUN, tmp_path, duplicates=duplicates)  # type: ignore[arg-type]
+    assert result.epochs == [0, 1] and result.num_shards == 4 and result.num_classes == 3
+    assert result.num_samples == len(tool.IDS)
+    assert result.duplicates_dropped == (2 if duplicates == "first" else 0)
+    for name in ("aum_values.csv", "full_aum_records.csv"):
+        got = (tmp_path / name).read_text()
+        want = (EXPECTED / duplicates / name).read_text()
+        assert got == want, name
+
+
+def test_info_on_the_fixture() -> None:
+    result = CliRunner().invoke(app, ["info", str(RUN)])
+    assert result.exit_code == 0, result.output
+    epochs = [line.split() for line in result.output.splitlines() if line.split()[:1] == ["0"]]
+    assert epochs and epochs[0][:6] == ["0", "2", "20", "19", "1", "0"]
+
+
+def copy_shard(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "epoch_00000.rank_000.h5"
+    shutil.copyfile(RUN / path.name, path)
+    return path
+
+
+def test_newer_format_version_is_refused_with_upgrade_advice(tmp_path: Path) -> None:
+    path = copy_shard(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 2
+    for read in (read_info, ShardReader):
+        with pytest.raises(FormatError, match="upgrade") as info:
+            read(path)
+        assert str(path) in str(info.value) and "version 2" in str(info.value)
+    with pytest.raises(FormatError, match="upgrade"):
+        aum_replay.compute(path.parent)
+    result = CliRunner().invoke(app, ["info", str(path.parent)])
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1 and "upgrade" in result.stderr
+
+
+@pytest.mark.parametrize("key", REQUIRED_ATTRS)
+def test_a_missing_attribute_is_refused_naming_the_file(tmp_path: Path, key: str) -> None:
+    path = copy_shard(tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs[key]
+    with pytest.raises(FormatError, match=f"attribute '{key}' missing") as info:
+        read_info(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(FormatError, match=f"attribute '{key}' missing"):
+        aum_replay.compute(path.parent)
+
+
+def test_an_unfinished_shard_under_a_final_name_is_refused(tmp_path: Path) -> None:
+    path = copy_shard(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["num_rows"] = -1
+    with pytest.raises(FormatError, match="never finished") as info:
+        read_info(path)
+    assert str(path) in str(info.value)
+
+
+def test_rows_that_disagree_with_num_rows_are_refused(tmp_path: Path) -> None:
+    path = copy_shard(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["targets"].resize(9, axis=0)
+    with pytest.raises(FormatError, match="'targets' has 9 rows, expected 10"):
+        read_info(path)
