@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -656,3 +657,51 @@ def test_rank_and_world_size_can_be_given(tmp_path: Path) -> None:
     assert (epoch, rank, path.name) == (5, 2, "epoch_00005.rank_002.h5")
     info = read_info(path)
     assert (info.epoch, info.rank, info.world_size) == (5, 2, 4)
+
+
+def test_a_slow_writer_blocks_log_instead_of_growing_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    real_append = ShardWriter.append
+
+    def slow_append(self: ShardWriter, *args: Any) -> None:
+        entered.set()
+        release.wait(timeout=60)
+        real_append(self, *args)
+
+    monkeypatch.setattr(ShardWriter, "append", slow_append)
+    # 18 rows a chunk (see above); max_pending=1 allows two buffers: one being written, one queued.
+    logits, targets, order = make_epoch(0, n=18 * 6, c=10)
+    logger = LogitLogger(tmp_path, chunk_bytes=1024, max_pending=1)
+    logged: list[int] = []
+
+    def train() -> None:
+        for lo in range(0, len(targets), 18):
+            logger.log(logits[lo : lo + 18], targets[lo : lo + 18], order[lo : lo + 18], epoch=0)
+            logged.append(lo)
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    assert entered.wait(timeout=60)
+    trainer.join(timeout=0.5)  # gives an unbounded logger ample time to run ahead
+    assert trainer.is_alive() and len(logged) == 2
+    release.set()
+    trainer.join(timeout=60)
+    assert not trainer.is_alive() and len(logged) == 6
+    logger.close()
+    got, _, ids, _ = read_shard(list_shards(tmp_path)[0][2])
+    np.testing.assert_array_equal(bits(got), bits(logits))
+    np.testing.assert_array_equal(ids, order)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_logits_with_grad(tmp_path: Path) -> None:
+    logits, targets, order = make_epoch(0)
+    on_gpu = logits.cuda().requires_grad_()
+    with LogitLogger(tmp_path) as logger:
+        logger.log(on_gpu * 1, targets.cuda(), torch.as_tensor(order).cuda(), epoch=0)
+    got, got_targets, ids, _ = read_shard(list_shards(tmp_path)[0][2])
+    np.testing.assert_array_equal(bits(got), bits(logits))
+    np.testing.assert_array_equal(got_targets, targets.numpy())
+    np.testing.assert_array_equal(ids, order)
