@@ -26,6 +26,7 @@ __all__ = [
     "AtomicCsv",
     "format_floats",
     "sort_values",
+    "to_frame",
 ]
 
 VALUES_NAME = "aum_values.csv"
@@ -63,7 +64,8 @@ def format_floats(values: np.ndarray) -> pl.Series:
     return out
 
 
-def _frame(columns: dict[str, np.ndarray | pl.Series]) -> pl.DataFrame:
+def to_frame(columns: dict[str, np.ndarray | pl.Series]) -> pl.DataFrame:
+    """The rows to write as a DataFrame of CSV-ready columns (floats already formatted)."""
     data = {}
     for name, col in columns.items():
         if name in FLOAT_COLUMNS and not isinstance(col, pl.Series):
@@ -109,8 +111,11 @@ class AtomicCsv:
 
     def write(self, columns: dict[str, np.ndarray | pl.Series]) -> None:
         """Append rows; float columns given as float64 arrays are formatted here."""
+        self.write_frame(to_frame({name: columns[name] for name in self.columns}))
+
+    def write_frame(self, frame: pl.DataFrame) -> None:
+        """Append rows made by :func:`to_frame` (columns in this file's order)."""
         assert self._fh is not None, "file already committed or aborted"
-        frame = _frame({name: columns[name] for name in self.columns})
         frame.write_csv(self._fh, include_header=False, line_terminator="\n")
 
     def commit(self) -> Path:

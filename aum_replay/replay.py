@@ -31,6 +31,7 @@ from aum_replay.csvout import (
     VALUES_NAME,
     AtomicCsv,
     sort_values,
+    to_frame,
 )
 from aum_replay.epochs import EpochSelection
 from aum_replay.errors import AumReplayError, InputError
@@ -183,7 +184,7 @@ def compute(
             values_csv.write({"sample_id": universe[order], "aum": aum[order]})
             if spill is not None:
                 full_csv = stack.enter_context(AtomicCsv(out_path / FULL_NAME, FULL_COLUMNS))
-                spill.write_sorted(full_csv, universe)
+                spill.write_sorted(full_csv, universe, acc.counts)
                 full_path = full_csv.commit()
             values_path = values_csv.commit()
     return ComputeResult(
@@ -387,8 +388,8 @@ class _Spill:
         if self.buckets == 1:
             self.memory[0].append(records)
             return
-        bucket = records["index"] * self.buckets // self.n
-        order = np.argsort(bucket, kind="stable")
+        bucket = (records["index"] * self.buckets // self.n).astype(np.int16)
+        order = np.argsort(bucket, kind="stable")  # a radix sort for 16-bit keys
         bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
         ordered = records[order]
         for b in range(self.buckets):
@@ -405,13 +406,35 @@ class _Spill:
         fh.close()
         return np.fromfile(fh.name, dtype=RECORD_DTYPE)
 
-    def write_sorted(self, csv: AtomicCsv, universe: np.ndarray) -> None:
-        """Write every record to ``csv`` sorted by (sample_id, num_measurements)."""
+    def write_sorted(self, csv: AtomicCsv, universe: np.ndarray, counts: np.ndarray) -> None:
+        """Write every record to ``csv`` sorted by (sample_id, num_measurements).
+
+        ``counts`` (N,) are the final measurement counts: sample i's k-th record goes to row
+        ``start[i] + k - 1`` of its bucket, a scatter instead of a sort. Formatting the next
+        piece (polars, outside the GIL) overlaps writing the current one.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-csv") as pool:
+            pending: Future[pl.DataFrame] | None = None
+            for part in self._sorted_parts(counts):
+                columns: dict[str, Any] = {"sample_id": universe[part["index"]]}
+                columns.update((name, part[name]) for name in FULL_COLUMNS[1:])
+                ready = pool.submit(to_frame, columns)
+                if pending is not None:
+                    csv.write_frame(pending.result())
+                pending = ready
+            if pending is not None:
+                csv.write_frame(pending.result())
+
+    def _sorted_parts(self, counts: np.ndarray) -> Iterator[np.ndarray]:
         for b in range(self.buckets):
             records = self._bucket(b)
-            records = records[np.argsort(records["index"], kind="stable")]
-            for lo in range(0, len(records), WRITE_ROWS):
-                part = records[lo : lo + WRITE_ROWS]
-                columns: dict[str, Any] = {name: part[name] for name in FULL_COLUMNS[1:]}
-                columns["sample_id"] = universe[part["index"]]
-                csv.write(columns)
+            if not len(records):
+                continue
+            lo_index = -(-b * self.n // self.buckets)
+            hi_index = -(-(b + 1) * self.n // self.buckets)
+            start = np.zeros(hi_index - lo_index + 1, dtype=np.int64)
+            np.cumsum(counts[lo_index:hi_index], out=start[1:])
+            ordered = np.empty_like(records)
+            ordered[start[records["index"] - lo_index] + records["num_measurements"] - 1] = records
+            for lo in range(0, len(ordered), WRITE_ROWS):
+                yield ordered[lo : lo + WRITE_ROWS]
