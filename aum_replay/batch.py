@@ -13,7 +13,7 @@ import torch
 
 from aum_replay.errors import InputError
 
-__all__ = ["check_logits", "check_targets", "normalize_ids"]
+__all__ = ["check_logits", "check_storable_ids", "check_targets", "normalize_ids"]
 
 
 def check_logits(logits: Any) -> torch.Tensor:
@@ -119,7 +119,35 @@ def _from_sequence(values: list[Any] | tuple[Any, ...]) -> tuple[np.ndarray, str
     return np.array([int(v) for v in values], dtype=np.int64), "int"
 
 
+def check_storable_ids(ids: np.ndarray) -> None:
+    """Raise :class:`InputError` for string ids that an HDF5 UTF-8 string cannot hold.
+
+    A NUL character or a lone surrogate would otherwise fail later, in the logger's writer
+    thread, and lose the whole epoch.
+    """
+    joined = "".join(ids)  # one pass in C instead of a check per id
+    if "\x00" in joined:
+        bad = next(v for v in ids if "\x00" in v)
+        raise InputError(f"sample id {bad!r} contains a NUL character, which HDF5 cannot store")
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(v for v in ids if not _encodable(v))
+        raise InputError(f"sample id {bad!r} cannot be encoded as UTF-8") from None
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _strings(values: Any) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
-    out[:] = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    try:
+        out[:] = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"sample ids given as bytes must be UTF-8: {exc}") from None
     return out

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aum_replay.batch import check_logits, check_targets, normalize_ids
+from aum_replay.batch import check_logits, check_storable_ids, check_targets, normalize_ids
 from aum_replay.errors import AumReplayError, InputError
 from aum_replay.format import (
     STORED_DTYPES,
@@ -192,6 +192,8 @@ class LogitLogger:
                 f"sample ids are {kind}s but this run's ids are {self.id_kind}s; "
                 "one run uses one id kind"
             )
+        if kind == "str":
+            check_storable_ids(ids)
         stored = self._stored_dtype(logits.dtype)
         if self._stored is not None and stored != self._stored and epoch == self._epoch:
             raise InputError(

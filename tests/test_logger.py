@@ -259,8 +259,7 @@ def test_a_new_epoch_publishes_the_previous_one(tmp_path: Path) -> None:
     logger = LogitLogger(tmp_path)
     logits, targets, order = make_epoch(0)
     logger.log(logits, targets, order, epoch=0)
-    assert list_shards(tmp_path) == []  # an open epoch lives under a temporary name only
-    assert len(list_temporaries(tmp_path)) == 1
+    assert list_shards(tmp_path) == []  # an open epoch is never under its final name
 
     logger.log(logits, targets, order, epoch=1)
     assert [(e, r) for e, r, _ in list_shards(tmp_path)] == [(0, 0)]
@@ -465,6 +464,28 @@ def test_bad_input_raises_naming_the_value_and_changes_nothing(
         logger.log(logits, targets, ids, epoch=0)  # the logger is still usable
     _, _, got_ids, shard = read_shard(list_shards(tmp_path)[0][2])
     assert shard.num_rows == 8 and got_ids.tolist() == ids * 2
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (["a", "b\x00c"], r"sample id 'b\\x00c' contains a NUL character"),
+        (["a", "\ud800"], r"sample id '\\ud800' cannot be encoded as UTF-8"),
+        (np.array([b"a", b"\xff"]), "sample ids given as bytes must be UTF-8"),
+    ],
+    ids=["NUL", "lone surrogate", "bytes not UTF-8"],
+)
+def test_string_ids_hdf5_cannot_store_are_refused_by_log(
+    tmp_path: Path, ids: Any, message: str
+) -> None:
+    # Accepted by log(), they used to fail in the writer thread and lose the whole epoch.
+    with LogitLogger(tmp_path) as logger:
+        logger.log(torch.randn(2, 3), [0, 1], ["x", "y"], epoch=0)
+        with pytest.raises(InputError, match=message):
+            logger.log(torch.randn(2, 3), [0, 1], ids, epoch=0)
+        logger.log(torch.randn(2, 3), [0, 1], np.array([b"caf\xc3\xa9", b"z"]), epoch=0)
+    _, _, got, _ = read_shard(list_shards(tmp_path)[0][2])
+    assert got.tolist() == ["x", "y", "café", "z"]
 
 
 def test_number_of_classes_must_not_change_within_a_run(tmp_path: Path) -> None:
