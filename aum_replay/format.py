@@ -189,26 +189,9 @@ class ShardWriter:
         disk_dtype = STORED_DTYPES[stored_dtype][0]
         chunk_bytes = chunk_rows * num_classes * disk_dtype.itemsize
         self._file = h5py.File(self.tmp_path, "w", rdcc_nbytes=max(4 * chunk_bytes, 1 << 20))
-        opts: dict[str, Any] = {"compression": compression} if compression else {}
+        self._layout = (num_classes, disk_dtype, id_kind, chunk_rows, compression)
+        self._created = False
         f = self._file
-        f.create_dataset(
-            LOGITS,
-            shape=(0, num_classes),
-            maxshape=(None, num_classes),
-            dtype=disk_dtype,
-            chunks=(chunk_rows, num_classes),
-            **opts,
-        )
-        f.create_dataset(
-            TARGETS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk_rows,)
-        )
-        f.create_dataset(
-            SAMPLE_IDS,
-            shape=(0,),
-            maxshape=(None,),
-            dtype=np.int64 if id_kind == "int" else STR_DTYPE,
-            chunks=(chunk_rows,),
-        )
         attrs = f.attrs
         attrs["format"] = FORMAT_NAME
         attrs["format_version"] = FORMAT_VERSION
@@ -227,9 +210,40 @@ class ShardWriter:
             attrs["threshold"] = json.dumps(threshold, sort_keys=True)
         self.rows = 0
 
+    def _create(self, first_rows: int) -> None:
+        """Create the datasets, sized by the first rows appended.
+
+        HDF5 allocates whole chunks, so a shard shorter than one chunk would still take a full
+        chunk (~2 MiB) on disk. The logger hands rows over a full buffer at a time, or the whole
+        epoch at once when it is shorter than a buffer: then the chunk is made just that long.
+        """
+        num_classes, disk_dtype, id_kind, chunk_rows, compression = self._layout
+        rows = max(1, min(chunk_rows, first_rows))
+        opts: dict[str, Any] = {"compression": compression} if compression else {}
+        f = self._file
+        f.create_dataset(
+            LOGITS,
+            shape=(0, num_classes),
+            maxshape=(None, num_classes),
+            dtype=disk_dtype,
+            chunks=(rows, num_classes),
+            **opts,
+        )
+        f.create_dataset(TARGETS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(rows,))
+        f.create_dataset(
+            SAMPLE_IDS,
+            shape=(0,),
+            maxshape=(None,),
+            dtype=np.int64 if id_kind == "int" else STR_DTYPE,
+            chunks=(rows,),
+        )
+        self._created = True
+
     def append(self, logits: np.ndarray, targets: np.ndarray, sample_ids: np.ndarray) -> None:
         """Append ``n`` rows: logits (n, C) in the disk dtype, targets (n,), ids (n,)."""
         n = len(targets)
+        if not self._created:
+            self._create(n)
         start, stop = self.rows, self.rows + n
         for name, data in ((LOGITS, logits), (TARGETS, targets), (SAMPLE_IDS, sample_ids)):
             ds = self._file[name]
@@ -239,6 +253,8 @@ class ShardWriter:
 
     def publish(self) -> Path:
         """Finish the file, fsync it and rename it to its final name (replacing an old shard)."""
+        if not self._created:
+            self._create(0)
         self._file.attrs["num_rows"] = self.rows
         self._file.flush()
         self._file.close()

@@ -215,17 +215,25 @@ def test_chunks_of_all_datasets_stay_within_the_byte_budget(
 ) -> None:
     budget = 64 << 10
     logits, targets, order = make_epoch(0, c=c, dtype=dtype)
+    long_logits = torch.cat([logits] * 400)
+    long_targets = torch.cat([targets] * 400)
+    long_ids = id_form(kind, np.concatenate([order] * 400))
     with LogitLogger(tmp_path, chunk_bytes=budget) as logger:
-        logger.log(logits, targets, id_form(kind, order), epoch=0)
-    path = list_shards(tmp_path)[0][2]
-    with h5py.File(path, "r") as f:
+        logger.log(logits, targets, id_form(kind, order), epoch=0)  # shorter than one chunk
+        logger.log(long_logits, long_targets, long_ids, epoch=1)  # many chunks
+    short, long = (path for _, _, path in list_shards(tmp_path))
+    with h5py.File(short, "r") as f:
+        # A short shard's chunk is exactly as long as the shard: no mostly-empty 2 MiB chunk.
+        assert f["logits"].chunks[0] == f["targets"].chunks[0] == f["sample_ids"].chunks[0] == N
+    with h5py.File(long, "r") as f:
         rows = f["logits"].chunks[0]
         assert f["targets"].chunks == f["sample_ids"].chunks == (rows,)
-        assert rows > N  # so each dataset holds exactly one (partly filled) chunk
-        chunk_bytes = sum(f[name].id.get_storage_size() for name in f)
-    assert budget // 2 < chunk_bytes <= budget
-    # A short shard costs about one chunk on disk, not several times the budget.
-    assert path.stat().st_size < 2 * budget
+        assert rows < len(long_targets)
+        row_bytes = sum(f[name].id.get_storage_size() for name in f) / (
+            -(-len(long_targets) // rows) * rows
+        )
+    assert budget // 2 < rows * row_bytes <= budget
+    assert short.stat().st_size < budget
 
 
 @pytest.mark.parametrize("compression", ["lzf", "gzip"])
