@@ -354,9 +354,15 @@ class LogitLogger:
         while not done.wait(timeout=0.5):
             if not self._thread.is_alive():  # pragma: no cover - the writer never dies silently
                 raise AumReplayError("the LogitLogger writer thread died")
-        self._published.add((self._epoch, self.rank))
-        self._epoch = None
-        return result[0] if result else None
+        epoch, self._epoch = self._epoch, None
+        if not result:  # the writer failed during this epoch: nothing was published
+            self._raise_pending()
+            raise AumReplayError(
+                f"epoch {epoch} rank {self.rank} was not published: the writer failed earlier "
+                "in this epoch (see the error raised then); earlier epochs are intact"
+            )
+        self._published.add((epoch, self.rank))
+        return result[0]
 
     def _stop(self) -> None:
         self._closed = True
