@@ -221,7 +221,6 @@ class LogitLogger:
 
     def end_epoch(self) -> Path | None:
         """Publish the current epoch now and wait until it is on disk; returns its path."""
-        self._raise_pending()
         path = self._finish_epoch()
         self._raise_pending()
         return path
