@@ -226,18 +226,16 @@ def compute(
         f"{result.num_classes} classes",
         markup=False,
     )
-    if result.duplicates_dropped:
-        out.print(
-            f"duplicates: {result.duplicates_dropped:,} repeated row(s) inside an epoch dropped "
-            "(--duplicates all counts them)",
-            markup=False,
-        )
-    if result.nonfinite_margins:
-        out.print(
-            f"non-finite: {result.nonfinite_margins:,} margin(s) were NaN or inf; "
-            f"{result.nonfinite_samples:,} sample(s) have a non-finite AUM",
-            markup=False,
-        )
+    dropped = "dropped" if duplicates == DuplicatesMode.first else "kept (--duplicates all)"
+    out.print(
+        f"duplicates: {result.duplicates_dropped:,} repeated row(s) inside an epoch {dropped}",
+        markup=False,
+    )
+    out.print(
+        f"non-finite: {result.nonfinite_margins:,} margin(s) NaN or inf; "
+        f"{result.nonfinite_samples:,} sample(s) with a non-finite AUM",
+        markup=False,
+    )
     for path in (result.values_path, result.full_path):
         if path is not None:
             out.print(f"wrote {path}", markup=False)
@@ -266,7 +264,7 @@ def info(run_dir: RunDir) -> None:
     first = run.shards[0]
     out.print(f"run       {run.run_dir}", markup=False)
     out.print(
-        f"shards    {len(run.shards)} (format v{1}, written by aum-replay "
+        f"shards    {len(run.shards)} (format v{first.format_version}, written by aum-replay "
         f"{first.package_version}), {_bytes(summary.nbytes)} on disk",
         markup=False,
     )

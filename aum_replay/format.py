@@ -132,6 +132,7 @@ class ShardInfo:
     created_utc: str
     metadata: dict[str, Any] = field(default_factory=dict)
     threshold: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
     chunk_rows: int = 0
     """Rows per HDF5 chunk of the logits (0 if not chunked); blocks aligned to it read fastest."""
 
@@ -359,6 +360,7 @@ def _validate(f: h5py.File, path: Path) -> ShardInfo:
         created_utc=str(values["created_utc"]),
         metadata=metadata,
         threshold=threshold,
+        format_version=version,
         chunk_rows=int(f[LOGITS].chunks[0]) if f[LOGITS].chunks else 0,
     )
 

@@ -149,7 +149,45 @@ def compute(
         raise InputError(f"duplicates must be 'first' or 'all', not {duplicates!r}")
     torch_device = _device(device)
     run = open_run(run_dir, epochs)
-    out_path = _prepare_out_dir(out_dir) if out_dir is not None else None
+    with ExitStack() as outputs:
+        out_path = None
+        if out_dir is not None:
+            out_path, created = _prepare_out_dir(out_dir)
+            if created:  # an error below leaves no empty directory behind
+                outputs.callback(_remove_if_empty, out_path)
+        result = _compute(
+            run,
+            out_path,
+            full,
+            duplicates,
+            torch_device,
+            threads,
+            block_bytes,
+            spill_bytes,
+            progress,
+            started,
+        )
+        outputs.pop_all()
+    return result
+
+
+def _remove_if_empty(path: Path) -> None:
+    with suppress(OSError):
+        path.rmdir()
+
+
+def _compute(
+    run: Run,
+    out_path: Path | None,
+    full: bool,
+    duplicates: Duplicates,
+    torch_device: torch.device,
+    threads: int | None,
+    block_bytes: int,
+    spill_bytes: int,
+    progress: Callable[[int, int], None] | None,
+    started: float,
+) -> ComputeResult:
     universe = build_universe(run.shards, run.id_kind)
     n = len(universe)
     acc = MarginAccumulator(n)
@@ -218,15 +256,17 @@ def _device(device: str) -> torch.device:
     return dev
 
 
-def _prepare_out_dir(out_dir: str | Path) -> Path:
+def _prepare_out_dir(out_dir: str | Path) -> tuple[Path, bool]:
+    """Create ``out_dir`` if needed and check it is writable; returns (path, created)."""
     path = Path(out_dir).expanduser()
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".aum-replay-probe-")  # noqa: SIM115
         probe.close()
     except OSError as exc:
         raise AumReplayError(f"{path}: output directory is not writable ({exc.strerror})") from None
-    return path
+    return path, created
 
 
 @dataclass

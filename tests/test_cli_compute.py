@@ -249,3 +249,13 @@ def test_installed_entry_point(run_dir: Path, tmp_path: Path) -> None:
     assert bad.stdout == ""
     assert bad.stderr.startswith("aum-replay: error: ") and bad.stderr.count("\n") == 1
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_failure_mid_stream_leaves_no_new_output_dir(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    with h5py.File(run / "epoch_00002.rank_000.h5", "r+") as f:
+        f["targets"][5] = 99  # outside [0, 6): found only while streaming the last epoch
+    out = tmp_path / "fresh" / "out"
+    got, _, stderr = invoke("compute", run, "-o", out)
+    assert got == 1 and "target 99" in stderr and "epoch_00002.rank_000.h5" in stderr
+    assert not out.exists()
