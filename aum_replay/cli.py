@@ -132,32 +132,12 @@ def _errors_to_exit(func: F) -> F:
 
 @contextmanager
 def _progress(description: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr, shown from the first update (so early errors print one line)."""
-    if quiet:
-        yield None
-        return
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rows"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task(description, total=None)
-
-    def update(done: int, total: int) -> None:
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if bar.live.is_started:
-            bar.stop()
+    """A progress bar on stderr for one long stage, counted in rows."""
+    with _stage_progress(quiet, unit="rows") as stage:
+        if stage is None:
+            yield None
+        else:
+            yield lambda done, total: stage(description, done, total)
 
 
 def _version(value: bool) -> None:
@@ -547,8 +527,13 @@ def demo_command(
 
 
 @contextmanager
-def _stage_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr whose description follows the stages of a long job."""
+def _stage_progress(
+    quiet: bool, unit: str = ""
+) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr whose description follows the stages of a long job.
+
+    It appears at the first update, so an error before any work prints one line only.
+    """
     if quiet:
         yield None
         return
@@ -556,7 +541,9 @@ def _stage_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | N
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn(unit),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
     )

@@ -38,7 +38,7 @@ from aum_replay.dataset import DatasetWithIndex
 from aum_replay.errors import InputError
 from aum_replay.logger import LogitLogger
 from aum_replay.margins import margins
-from aum_replay.replay import RECORD_DTYPE, WRITE_ROWS
+from aum_replay.replay import WRITE_ROWS, make_records, write_records
 
 __all__ = ["AUMCalculator", "AUMRecord", "DatasetWithIndex"]
 
@@ -148,20 +148,8 @@ class AUMCalculator:
         result = self._acc.update(index, margin, running=True)
         assert result is not None
         counts, aum = result
-        target_val = m.target_val.to(torch.float64).cpu().numpy()
-        assert m.other_logit is not None
-        other_logit = m.other_logit.cpu().numpy()
-        other_val = m.other_val.to(torch.float64).cpu().numpy()
+        records = make_records(index, target_array, m, margin, counts, aum)
         if not self.compressed:
-            records = np.empty(rows, dtype=RECORD_DTYPE)
-            records["index"] = index
-            records["num_measurements"] = counts
-            records["target_logit"] = target_array
-            records["target_val"] = target_val
-            records["other_logit"] = other_logit
-            records["other_val"] = other_val
-            records["margin"] = margin
-            records["aum"] = aum
             self._records.append(records)
         return dict(
             zip(
@@ -171,9 +159,9 @@ class AUMCalculator:
                     id_list,
                     counts.tolist(),
                     target_array.tolist(),
-                    target_val.tolist(),
-                    other_logit.tolist(),
-                    other_val.tolist(),
+                    records["target_val"].tolist(),
+                    records["other_logit"].tolist(),
+                    records["other_val"].tolist(),
                     margin.tolist(),
                     aum.tolist(),
                 ),
@@ -252,8 +240,5 @@ class AUMCalculator:
         id_rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
         records = records[np.lexsort((records["num_measurements"], id_rank[records["index"]]))]
         with AtomicCsv(target / FULL_NAME, FULL_COLUMNS) as full:
-            for lo in range(0, len(records), WRITE_ROWS):
-                part = records[lo : lo + WRITE_ROWS]
-                columns: dict[str, Any] = {name: part[name] for name in FULL_COLUMNS[1:]}
-                columns["sample_id"] = ids[part["index"]]
-                full.write(columns)
+            parts = (records[lo : lo + WRITE_ROWS] for lo in range(0, len(records), WRITE_ROWS))
+            write_records(full, parts, ids)

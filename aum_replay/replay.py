@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -36,10 +36,17 @@ from aum_replay.csvout import (
 from aum_replay.epochs import EpochSelection
 from aum_replay.errors import AumReplayError, InputError
 from aum_replay.format import STORED_DTYPES, ShardInfo, ShardReader
-from aum_replay.margins import margins
+from aum_replay.margins import Margins, margins
 from aum_replay.run import IdIndex, Run, build_universe, check_targets, open_run
 
-__all__ = ["ComputeResult", "compute"]
+__all__ = [
+    "RECORD_DTYPE",
+    "WRITE_ROWS",
+    "ComputeResult",
+    "compute",
+    "make_records",
+    "write_records",
+]
 
 Duplicates = Literal["first", "all"]
 
@@ -377,16 +384,49 @@ def _process(
     stats.nonfinite += int((~np.isfinite(margin)).sum())
     result = acc.update(index, margin, running=spill is not None, unique=duplicates == "first")
     if spill is not None and result is not None:
-        records = np.empty(len(index), dtype=RECORD_DTYPE)
-        records["index"] = index
-        records["num_measurements"], records["aum"] = result
-        records["target_logit"] = block.targets if keep is None else block.targets[keep]
-        records["target_val"] = m.target_val.to(torch.float64).cpu().numpy()
-        assert m.other_logit is not None
-        records["other_logit"] = m.other_logit.cpu().numpy()
-        records["other_val"] = m.other_val.to(torch.float64).cpu().numpy()
-        records["margin"] = margin
-        spill.add(records)
+        targets_kept = block.targets if keep is None else block.targets[keep]
+        spill.add(make_records(index, targets_kept, m, margin, *result))
+
+
+def write_records(csv: AtomicCsv, parts: Iterable[np.ndarray], ids: np.ndarray) -> None:
+    """Write full records, already in file order, to ``csv``.
+
+    ``parts`` are arrays of :data:`RECORD_DTYPE` whose ``index`` field indexes ``ids``.
+    Formatting the next part (polars, outside the GIL) overlaps writing the current one.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-csv") as pool:
+        pending: Future[pl.DataFrame] | None = None
+        for part in parts:
+            columns: dict[str, Any] = {"sample_id": ids[part["index"]]}
+            columns.update((name, part[name]) for name in FULL_COLUMNS[1:])
+            ready = pool.submit(to_frame, columns)
+            if pending is not None:
+                csv.write_frame(pending.result())
+            pending = ready
+        if pending is not None:
+            csv.write_frame(pending.result())
+
+
+def make_records(
+    index: np.ndarray,
+    targets: np.ndarray,
+    m: Margins,
+    margin: np.ndarray,
+    counts: np.ndarray,
+    aum: np.ndarray,
+) -> np.ndarray:
+    """Full records (B,) of :data:`RECORD_DTYPE` from one block's kernel and accumulator output."""
+    assert m.other_logit is not None, "full records need the kernel's other_logit"
+    records = np.empty(len(index), dtype=RECORD_DTYPE)
+    records["index"] = index
+    records["num_measurements"] = counts
+    records["target_logit"] = targets
+    records["target_val"] = m.target_val.to(torch.float64).cpu().numpy()
+    records["other_logit"] = m.other_logit.cpu().numpy()
+    records["other_val"] = m.other_val.to(torch.float64).cpu().numpy()
+    records["margin"] = margin
+    records["aum"] = aum
+    return records
 
 
 class _Spill:
@@ -450,20 +490,9 @@ class _Spill:
         """Write every record to ``csv`` sorted by (sample_id, num_measurements).
 
         ``counts`` (N,) are the final measurement counts: sample i's k-th record goes to row
-        ``start[i] + k - 1`` of its bucket, a scatter instead of a sort. Formatting the next
-        piece (polars, outside the GIL) overlaps writing the current one.
+        ``start[i] + k - 1`` of its bucket, a scatter instead of a sort.
         """
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-csv") as pool:
-            pending: Future[pl.DataFrame] | None = None
-            for part in self._sorted_parts(counts):
-                columns: dict[str, Any] = {"sample_id": universe[part["index"]]}
-                columns.update((name, part[name]) for name in FULL_COLUMNS[1:])
-                ready = pool.submit(to_frame, columns)
-                if pending is not None:
-                    csv.write_frame(pending.result())
-                pending = ready
-            if pending is not None:
-                csv.write_frame(pending.result())
+        write_records(csv, self._sorted_parts(counts), universe)
 
     def _sorted_parts(self, counts: np.ndarray) -> Iterator[np.ndarray]:
         for b in range(self.buckets):
