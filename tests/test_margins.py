@@ -191,3 +191,27 @@ def test_logits_that_require_grad() -> None:
     logits = torch.tensor([[1.0, 3.0, 2.0]], requires_grad=True)
     m = margins(logits, torch.tensor([0]))
     assert m.other_logit.tolist() == [1] and m.margin.tolist() == [-2.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 40), cols=st.integers(2, 9))
+def test_every_kernel_path_gives_the_same_bits(
+    dtype: torch.dtype, seed: int, rows: int, cols: int
+) -> None:
+    """numpy (CPU, with index), torch argmax (bfloat16) and amax (no index) agree bit for bit."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randint(-3, 4, (rows, cols), generator=gen).to(torch.float32)
+    special = torch.rand(rows, cols, generator=gen)
+    logits[special < 0.05] = float("nan")
+    logits[(special >= 0.05) & (special < 0.1)] = float("inf")
+    logits[(special >= 0.1) & (special < 0.15)] = float("-inf")
+    logits = logits.to(dtype)
+    targets = torch.randint(0, cols, (rows,), generator=gen)
+    full = margins(logits, targets)
+    fast = margins(logits.clone(), targets, inplace=True, with_index=False)
+    assert fast.other_logit is None
+    for a, b in ((full.margin, fast.margin), (full.other_val, fast.other_val)):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+    reference = torch.scatter(logits, 1, targets.view(-1, 1), float("-inf")).max(dim=1)
+    assert torch.equal(full.other_logit, reference.indices)
