@@ -40,7 +40,7 @@ from aum_replay.logger import LogitLogger
 from aum_replay.margins import margins
 from aum_replay.replay import WRITE_ROWS, make_records, write_records
 
-__all__ = ["AUMCalculator", "AUMRecord", "DatasetWithIndex"]
+__all__ = ["AUMCalculator", "AUMRecord", "BatchRecords", "DatasetWithIndex"]
 
 SampleId = int | str
 TABLE_LIMIT = 1 << 26  # int ids below this use a lookup table (8 bytes per id value)
@@ -58,6 +58,51 @@ class AUMRecord:
     other_val: float
     margin: float
     aum: float
+
+
+class BatchRecords(dict):
+    """The ``dict`` that :meth:`AUMCalculator.update` returns: sample id -> :class:`AUMRecord`.
+
+    The numbers are computed by ``update()``; the ``AUMRecord`` objects are built the first time
+    the dict is looked at (any read, comparison, copy or pickle), so a training loop that ignores
+    the return value never pays for one Python object per sample, the bulk of ``update``'s cost.
+    It is a real ``dict`` subclass and behaves as one.
+    """
+
+    __slots__ = ("_build",)
+
+    def __init__(self, build: Any) -> None:
+        super().__init__()
+        self._build = build
+
+    def _fill(self) -> None:
+        build = self._build
+        if build is not None:
+            self._build = None
+            dict.update(self, build())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self._fill()
+        return (dict, (dict(self.items()),))
+
+
+def _filled(name: str) -> Any:
+    method = getattr(dict, name)
+
+    def call(self: BatchRecords, *args: Any, **kwargs: Any) -> Any:
+        self._fill()
+        return method(self, *args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+for _name in (
+    "__getitem__", "__iter__", "__len__", "__contains__", "__repr__", "__eq__", "__ne__",
+    "__or__", "__ror__", "__ior__", "__reversed__", "__setitem__", "__delitem__", "get", "keys",
+    "values", "items", "copy", "pop", "popitem", "setdefault", "update", "clear",
+):  # fmt: skip
+    setattr(BatchRecords, _name, _filled(_name))
 
 
 class AUMCalculator:
@@ -104,7 +149,7 @@ class AUMCalculator:
         sample_ids: Any,
         *,
         epoch: int | None = None,
-    ) -> dict[SampleId, AUMRecord]:
+    ) -> BatchRecords:
         """Add one batch and return each sample's record after it.
 
         Parameters
@@ -121,8 +166,9 @@ class AUMCalculator:
 
         Returns
         -------
-        dict
-            sample id -> :class:`AUMRecord` (for an id seen twice in the batch, its last record).
+        BatchRecords
+            A ``dict``: sample id -> :class:`AUMRecord` (for an id seen twice in the batch, its
+            last record). The record objects are built when the dict is first used.
         """
         logits = check_logits(logits)
         rows, num_classes = logits.shape
@@ -134,7 +180,7 @@ class AUMCalculator:
                 "use one id kind per calculator"
             )
         if rows == 0:
-            return {}
+            return BatchRecords(None)
         self._id_kind = kind
         if self._logger is not None:
             self._logger.log(
@@ -151,52 +197,64 @@ class AUMCalculator:
         records = make_records(index, target_array, m, margin, counts, aum)
         if not self.compressed:
             self._records.append(records)
-        return dict(
-            zip(
+
+        def build() -> zip[tuple[SampleId, AUMRecord]]:
+            made = map(
+                AUMRecord,
                 id_list,
-                map(
-                    AUMRecord,
-                    id_list,
-                    counts.tolist(),
-                    target_array.tolist(),
-                    records["target_val"].tolist(),
-                    records["other_logit"].tolist(),
-                    records["other_val"].tolist(),
-                    margin.tolist(),
-                    aum.tolist(),
-                ),
-                strict=True,
+                counts.tolist(),
+                target_array.tolist(),
+                records["target_val"].tolist(),
+                records["other_logit"].tolist(),
+                records["other_val"].tolist(),
+                margin.tolist(),
+                aum.tolist(),
             )
-        )
+            return zip(id_list, made, strict=True)
+
+        return BatchRecords(build)
 
     def _ids_to_index(self, ids: np.ndarray, id_list: list[SampleId]) -> np.ndarray:
         """Dense index of each id, registering new ids in order of first appearance.
 
-        Small non-negative int ids (dataset indices, the common case) go through a lookup table,
-        anything else through a dict.
+        Int ids in ``[0, TABLE_LIMIT)`` (dataset indices, the common case) live in a lookup
+        table, with no Python work per id even when they are new; any other id in a dict.
         """
-        table = self._table
-        if ids.dtype == np.int64 and len(ids) and ids.min() >= 0 and ids.max() < TABLE_LIMIT:
-            if ids.max() >= len(table):
-                grown = np.full(max(2 * len(table), int(ids.max()) + 1), -1, dtype=np.int64)
-                grown[: len(table)] = table
-                self._table = table = grown
-            index = table[ids]
-            new = index < 0
-            if new.any():
-                fresh, first = np.unique(ids[new], return_index=True)
-                for sid in fresh[np.argsort(first, kind="stable")].tolist():
-                    table[sid] = self._register(sid)  # the dict may know it from a dict batch
-                index = table[ids]
+        if ids.dtype == np.int64:
+            small = (ids >= 0) & (ids < TABLE_LIMIT)
+            if small.all():
+                index = self._table_index(ids)
+            else:
+                index = np.empty(len(ids), dtype=np.int64)
+                index[small] = self._table_index(ids[small])
+                index[~small] = [self._dict_index(i) for i in ids[~small].tolist()]
         else:
             index = np.fromiter(
-                (self._register(i) for i in id_list), dtype=np.int64, count=len(id_list)
+                (self._dict_index(i) for i in id_list), dtype=np.int64, count=len(id_list)
             )
         if len(self._ids) > self._acc.num_samples:  # grow geometrically: amortised O(1) per id
             self._acc.grow(max(len(self._ids), 2 * self._acc.num_samples))
         return index
 
-    def _register(self, sid: SampleId) -> int:
+    def _table_index(self, ids: np.ndarray) -> np.ndarray:
+        if not len(ids):
+            return np.zeros(0, dtype=np.int64)
+        table = self._table
+        if ids.max() >= len(table):
+            table = np.full(max(2 * len(table), int(ids.max()) + 1), -1, dtype=np.int64)
+            table[: len(self._table)] = self._table
+            self._table = table
+        index = table[ids]
+        new = index < 0
+        if new.any():
+            fresh, first = np.unique(ids[new], return_index=True)
+            fresh = fresh[np.argsort(first, kind="stable")]
+            table[fresh] = np.arange(len(self._ids), len(self._ids) + len(fresh))
+            self._ids.extend(fresh.tolist())
+            index = table[ids]
+        return index
+
+    def _dict_index(self, sid: SampleId) -> int:
         i = self._index.get(sid)
         if i is None:
             i = self._index[sid] = len(self._ids)

@@ -421,12 +421,18 @@ def make_records(
     records["index"] = index
     records["num_measurements"] = counts
     records["target_logit"] = targets
-    records["target_val"] = m.target_val.to(torch.float64).cpu().numpy()
-    records["other_logit"] = m.other_logit.cpu().numpy()
-    records["other_val"] = m.other_val.to(torch.float64).cpu().numpy()
+    records["target_val"] = _host(m.target_val)  # numpy widens float16/32 exactly on assignment
+    records["other_logit"] = _host(m.other_logit)
+    records["other_val"] = _host(m.other_val)
     records["margin"] = margin
     records["aum"] = aum
     return records
+
+
+def _host(values: torch.Tensor) -> np.ndarray:
+    if values.dtype == torch.bfloat16:  # numpy has no bfloat16: widen in torch (exact)
+        values = values.to(torch.float64)
+    return values.detach().cpu().numpy()
 
 
 class _Spill:

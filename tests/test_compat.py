@@ -263,3 +263,39 @@ def _epochs(batches, n: int):
         if rows == n:
             yield epoch
             epoch, rows = [], 0
+
+
+def test_returned_records_are_a_dict_built_on_first_use(tmp_path: Path) -> None:
+    import copy
+    import pickle
+
+    calc = AUMCalculator(tmp_path)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    first = calc.update(logits, torch.tensor([0, 0]), [10, 11])
+    second = calc.update(logits, torch.tensor([0, 0]), [10, 11])
+    # The first batch's records keep the state after the first batch, however late they are read.
+    assert first[10] == AUMRecord(10, 1, 0, 2.0, 1, 0.0, 2.0, 2.0)
+    assert second[11] == AUMRecord(11, 2, 0, 0.0, 1, 1.0, -1.0, -1.0)
+    assert isinstance(calc.update(logits, torch.tensor([0, 0]), [10, 11]), dict)  # third
+    plain = {10: first[10], 11: first[11]}
+    assert first == plain and plain == first and dict(first) == plain and {**first} == plain
+    assert len(second) == 2 and list(second) == [10, 11] and 11 in second
+    assert [r.num_measurements for r in second.values()] == [2, 2]
+    untouched = calc.update(logits, torch.tensor([0, 0]), [10, 11])  # fourth
+    assert pickle.loads(pickle.dumps(untouched)) == dict(untouched.items())
+    fifth = calc.update(logits, torch.tensor([0, 0]), [10, 11])
+    assert copy.copy(fifth)[10].num_measurements == 5
+    assert calc.update(logits[:0], torch.tensor([], dtype=torch.long), []) == {}
+
+
+def test_negative_huge_and_small_int_ids_mix(tmp_path: Path) -> None:
+    """Small ids go through the lookup table, others through the dict: one id space."""
+    pool = np.array([3, -5, 2**40, 0, 7, -(2**35), 12, 1])
+
+    def batches():
+        for logits, targets, ids in _stream(9, len(pool), 4, 4):
+            yield logits, targets, torch.from_numpy(pool[ids.numpy()])
+
+    ref_dir, our_dir = _run_both(tmp_path, batches())
+    for name in ("full_aum_records.csv", "aum_values.csv"):
+        assert (our_dir / name).read_text() == (ref_dir / name).read_text()
