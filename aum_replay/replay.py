@@ -165,14 +165,14 @@ def compute(
         result = _compute(
             run,
             out_path,
-            full,
-            duplicates,
-            torch_device,
-            threads,
-            block_bytes,
-            spill_bytes,
-            progress,
-            started,
+            full=full,
+            duplicates=duplicates,
+            device=torch_device,
+            threads=threads,
+            block_bytes=block_bytes,
+            spill_bytes=spill_bytes,
+            progress=progress,
+            started=started,
         )
         outputs.pop_all()
     return result
@@ -186,9 +186,10 @@ def _remove_if_empty(path: Path) -> None:
 def _compute(
     run: Run,
     out_path: Path | None,
+    *,
     full: bool,
     duplicates: Duplicates,
-    torch_device: torch.device,
+    device: torch.device,
     threads: int | None,
     block_bytes: int,
     spill_bytes: int,
@@ -210,7 +211,7 @@ def _compute(
             else None
         )
         for block in _stream(run, IdIndex(universe, run.id_kind), block_bytes):
-            _process(block, acc, stats, spill, torch_device, duplicates, n)
+            _process(block, acc, stats, spill, device, duplicates, n)
             if progress is not None:
                 progress(stats.rows_read, run.num_rows)
         aum = acc.aum()
