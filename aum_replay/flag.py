@@ -221,9 +221,8 @@ def flag(
 
         results.append(
             compute(
-                run.run_dir,
+                run,  # validated above: not read again
                 None,
-                epochs=selection,
                 full=False,
                 duplicates=duplicates,
                 device=device,

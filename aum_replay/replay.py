@@ -101,7 +101,7 @@ class ComputeResult:
 
 
 def compute(
-    run_dir: str | Path,
+    run_dir: str | Path | Run,
     out_dir: str | Path | None = None,
     *,
     epochs: str | EpochSelection | None = None,
@@ -118,7 +118,9 @@ def compute(
     Parameters
     ----------
     run_dir
-        Directory of shards written by :class:`aum_replay.LogitLogger`.
+        Directory of shards written by :class:`aum_replay.LogitLogger`, or a
+        :class:`aum_replay.run.Run` that :func:`~aum_replay.run.open_run` already validated and
+        selected (then ``epochs`` must be None).
     out_dir
         Where ``aum_values.csv`` (and ``full_aum_records.csv``) go; created if missing. ``None``
         writes nothing and only returns the table.
@@ -155,7 +157,12 @@ def compute(
     if duplicates not in ("first", "all"):
         raise InputError(f"duplicates must be 'first' or 'all', not {duplicates!r}")
     torch_device = _device(device)
-    run = open_run(run_dir, epochs)
+    if isinstance(run_dir, Run):
+        if epochs is not None:
+            raise InputError("pass epochs to open_run(), not with an opened Run")
+        run = run_dir
+    else:
+        run = open_run(run_dir, epochs)
     with ExitStack() as outputs:
         out_path = None
         if out_dir is not None:
