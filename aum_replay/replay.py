@@ -109,7 +109,7 @@ def compute(
     duplicates: Duplicates = "first",
     device: str = "cpu",
     threads: int | None = 1,
-    block_bytes: int = 4 << 20,
+    block_bytes: int = 2 << 20,
     spill_bytes: int = 8 << 20,
     progress: Callable[[int, int], None] | None = None,
 ) -> ComputeResult:
@@ -314,7 +314,10 @@ def _stream(run: Run, ids: IdIndex, block_bytes: int) -> Iterator[_Block]:
     plan = []
     for shard in run.shards:
         chunk = shard.chunk_rows or max(1, block_bytes // row_bytes)
-        block_rows = chunk * max(1, block_bytes // (chunk * row_bytes))
+        if chunk * row_bytes <= block_bytes:  # whole chunks per block
+            block_rows = chunk * (block_bytes // (chunk * row_bytes))
+        else:  # equal slices of a chunk: small blocks stay in the CPU cache
+            block_rows = -(-chunk // -(-chunk * row_bytes // block_bytes))
         plan += [(shard, start, stop) for start, stop in _ranges(shard.num_rows, block_rows)]
     longest = max((stop - start for _, start, stop in plan), default=0)
     ring = [np.empty((longest, run.num_classes), dtype=disk_dtype) for _ in range(RING)]
