@@ -67,8 +67,8 @@ def margins(
     ``torch.max`` returns the first index among equal maxima, and a NaN anywhere among the
     non-target logits wins the max, so a NaN gives a NaN margin, as in the reference.
     """
-    if with_index and logits.device.type == "cpu" and logits.dtype in _NUMPY_DTYPES:
-        return _margins_numpy(logits, targets, inplace=inplace)
+    if logits.device.type == "cpu" and logits.dtype in _NUMPY_DTYPES:
+        return _margins_numpy(logits, targets, inplace=inplace, with_index=with_index)
     index = targets.reshape(-1, 1).to(device=logits.device, dtype=torch.int64)
     target_val = logits.gather(1, index).squeeze(1)
     masked = logits if inplace else logits.clone()
@@ -88,27 +88,39 @@ def margins(
 _NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
-def _margins_numpy(logits: torch.Tensor, targets: torch.Tensor, *, inplace: bool) -> Margins:
+def _margins_numpy(
+    logits: torch.Tensor, targets: torch.Tensor, *, inplace: bool, with_index: bool
+) -> Margins:
     """The same computation with numpy on CPU: a few numpy calls cost less than torch's
-    per-operation dispatch, which dominates for training-size batches (3x at 256 x 100).
+    per-operation dispatch (3x at 256 x 100), and indexing the flat array beats ``gather`` and
+    ``scatter_``. Without the index, the largest other logit comes from torch's ``amax``, the
+    fastest row maximum on CPU (numpy's ``max`` is ~3x slower).
 
     numpy's float16 arithmetic rounds each result to half precision, as torch's CPU kernels do,
     and ``argmax`` returns the first of equal maxima with NaN counting as the maximum, as
     ``torch.max`` does, so the results are identical bit for bit.
     """
     x = logits.detach().numpy()
-    rows = np.arange(len(x))
+    if not inplace or not x.flags.c_contiguous:
+        x = np.array(x, order="C")  # the flat view below must alias x
+    num_rows, num_classes = x.shape
     label = targets.detach().cpu().numpy().reshape(-1).astype(np.int64, copy=False)
-    target_val = x[rows, label]
-    masked = x if inplace else x.copy()
-    masked[rows, label] = -np.inf
-    other_logit = masked.argmax(axis=1)
-    other_val = masked[rows, other_logit]
+    flat = x.reshape(-1)  # a view, since x is C-contiguous
+    position = np.arange(num_rows) * num_classes + label
+    target_val = flat[position]
+    flat[position] = -np.inf
+    other_logit = None
+    if with_index:
+        index = x.argmax(axis=1)
+        other_val = x[np.arange(num_rows), index]
+        other_logit = torch.from_numpy(index.astype(np.int64, copy=False))
+    else:
+        other_val = torch.from_numpy(x).amax(dim=1).numpy()  # NaN propagates
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, as in torch
         margin = (target_val - other_val).astype(np.float64)
     return Margins(
         torch.from_numpy(target_val),
-        torch.from_numpy(other_logit.astype(np.int64, copy=False)),
+        other_logit,
         torch.from_numpy(other_val),
         torch.from_numpy(margin),
     )

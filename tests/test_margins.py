@@ -215,3 +215,26 @@ def test_every_kernel_path_gives_the_same_bits(
         assert torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
     reference = torch.scatter(logits, 1, targets.view(-1, 1), float("-inf")).max(dim=1)
     assert torch.equal(full.other_logit, reference.indices)
+
+
+@pytest.mark.parametrize("with_index", [True, False])
+def test_non_contiguous_logits(with_index: bool) -> None:
+    """A transposed or strided view gives the same margins as its contiguous copy."""
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(7, 12, generator=gen)
+    view = base.t()[:, ::2]  # (12, 4), non-contiguous
+    assert not view.is_contiguous()
+    targets = torch.randint(0, 4, (12,), generator=gen)
+    expected = margins(view.contiguous(), targets)
+    for inplace in (False, True):
+        got = margins(
+            view.clone().t().contiguous().t() if inplace else view,
+            targets,
+            inplace=inplace,
+            with_index=with_index,
+        )
+        assert torch.equal(got.margin, expected.margin)
+        assert torch.equal(got.other_val, expected.other_val)
+    before = base.clone()
+    margins(view, targets, with_index=with_index)
+    assert torch.equal(base, before)  # not inplace: the caller's tensor is untouched
