@@ -44,6 +44,7 @@ __all__ = [
     "ShardWriter",
     "list_shards",
     "list_temporaries",
+    "read_all_ids",
     "shard_name",
 ]
 
@@ -377,6 +378,29 @@ def _validate(f: h5py.File, path: Path) -> ShardInfo:
         format_version=version,
         chunk_rows=int(chunks[0]) if chunks else 0,
     )
+
+
+def read_all_ids(info: ShardInfo) -> np.ndarray:
+    """Every sample id of a validated shard: ``int64``, or an object array of ``str``.
+
+    Int ids are read through h5py's low-level API, which opens a file ~3x faster than
+    ``h5py.File``: the replay reads every shard's ids once before streaming.
+    """
+    if info.id_kind == "str":
+        with ShardReader(info.path, info=info) as reader:
+            return reader.read_ids()
+    try:
+        fid = h5py.h5f.open(os.fsencode(info.path), h5py.h5f.ACC_RDONLY)
+        try:
+            dataset = h5py.h5d.open(fid, SAMPLE_IDS.encode())
+            ids = np.empty(info.num_rows, dtype=np.int64)
+            if info.num_rows:
+                dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, ids)
+            return ids
+        finally:
+            fid.close()
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise FormatError(f"{info.path}: cannot read sample ids ({exc})") from None
 
 
 class ShardReader:

@@ -11,7 +11,13 @@ import numpy as np
 
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import FormatError, InputError
-from aum_replay.format import ShardInfo, ShardReader, list_shards, list_temporaries, read_info
+from aum_replay.format import (
+    ShardInfo,
+    list_shards,
+    list_temporaries,
+    read_all_ids,
+    read_info,
+)
 
 __all__ = [
     "EpochSummary",
@@ -130,8 +136,7 @@ def build_universe(shards: Sequence[ShardInfo], id_kind: str) -> np.ndarray:
     present: np.ndarray | None = None  # int ids: a bitmap over [low, low + len(present))
     low = 0
     for info in shards:
-        with ShardReader(info.path, info=info) as reader:
-            ids = reader.read_ids()
+        ids = read_all_ids(info)
         if id_kind == "str":
             ids = ids.astype(np.str_)
         elif len(ids):
@@ -255,8 +260,7 @@ def describe_run(run_dir: str | Path) -> RunSummary:
         shards = [s for s in run.shards if s.epoch == epoch]
         seen = np.zeros(len(universe), dtype=np.int64)
         for info in shards:
-            with ShardReader(info.path, info=info) as reader:
-                np.add.at(seen, index_of(universe, reader.read_ids(), run.id_kind), 1)
+            np.add.at(seen, index_of(universe, read_all_ids(info), run.id_kind), 1)
         rows = sum(s.num_rows for s in shards)
         distinct = int((seen > 0).sum())
         summaries.append(
