@@ -258,13 +258,7 @@ class LogitLogger:
         if exc_type is None:
             self.close()
         else:
-            if self._epoch is not None:
-                warnings.warn(
-                    f"epoch {self._epoch} was interrupted by {exc_type.__name__} and is not "
-                    "published; earlier epochs are intact",
-                    stacklevel=2,
-                )
-            self.abort()
+            self._discard(f"was interrupted by {exc_type.__name__} and is not published")
 
     # ------------------------------------------------------------------ helpers
     def _stored_dtype(self, dtype: torch.dtype) -> str:
@@ -370,14 +364,18 @@ class LogitLogger:
         atexit.unregister(self._stop_at_exit)
 
     def _stop_at_exit(self) -> None:
-        if self._closed:
-            return
+        # The epoch may be incomplete (an uncaught exception also ends here): never publish it.
+        if not self._closed:
+            self._discard(
+                "is not published (call end_epoch() or close())",
+                prefix=f"LogitLogger for {self.run_dir} was not closed: ",
+            )
+
+    def _discard(self, what: str, prefix: str = "") -> None:
+        """Abort, warning that the unfinished epoch, if any, ``what``."""
         if self._epoch is not None:
-            # The epoch may be incomplete (an uncaught exception also ends here): never publish it.
             warnings.warn(
-                f"LogitLogger for {self.run_dir} was not closed: epoch {self._epoch} is not "
-                "published; call end_epoch() or close()",
-                stacklevel=1,
+                f"{prefix}epoch {self._epoch} {what}; earlier epochs are intact", stacklevel=3
             )
         self.abort()
 

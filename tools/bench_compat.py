@@ -61,46 +61,27 @@ def main() -> None:
 
     batches = _batches(args.samples, args.classes, args.batch, seed=0)
     se = args.samples * args.epochs
-    times: dict[str, list[float]] = {k: [] for k in ("ref", "ours", "ref_full", "ours_full")}
+    # name -> (calculator class, compressed, ids as a tensor); the seed needs a list of ints.
+    setups = {
+        "ref": (aum.AUMCalculator, True, False),
+        "ours": (aum_replay.AUMCalculator, True, True),
+        "ref_full": (aum.AUMCalculator, False, False),
+        "ours_full": (aum_replay.AUMCalculator, False, True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in setups}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        for _ in range(args.rounds):
-            times["ref"].append(
-                _time(
-                    lambda: aum.AUMCalculator(tmp),
+        for _ in range(args.rounds):  # alternate, so that machine noise hits every setup alike
+            for name, (calculator, compressed, tensor_ids) in setups.items():
+                seconds = _time(
+                    lambda calculator=calculator, compressed=compressed: calculator(
+                        tmp, compressed=compressed
+                    ),
                     batches,
-                    tensor_ids=False,
+                    tensor_ids=tensor_ids,
                     epochs=args.epochs,
-                    finalize_dir=None,
+                    finalize_dir=None if compressed else Path(tmp) / name,
                 )
-            )
-            times["ours"].append(
-                _time(
-                    lambda: aum_replay.AUMCalculator(tmp),
-                    batches,
-                    tensor_ids=True,
-                    epochs=args.epochs,
-                    finalize_dir=None,
-                )
-            )
-            times["ref_full"].append(
-                _time(
-                    lambda: aum.AUMCalculator(tmp, compressed=False),
-                    batches,
-                    tensor_ids=False,
-                    epochs=args.epochs,
-                    finalize_dir=out / "ref",
-                )
-            )
-            times["ours_full"].append(
-                _time(
-                    lambda: aum_replay.AUMCalculator(tmp, compressed=False),
-                    batches,
-                    tensor_ids=True,
-                    epochs=args.epochs,
-                    finalize_dir=out / "ours",
-                )
-            )
+                times[name].append(seconds)
     rate = {k: se / statistics.median(v) for k, v in times.items()}
     print(
         json.dumps(
