@@ -27,9 +27,9 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from aum_replay.csvout import AtomicCsv, format_floats
+from aum_replay.csvout import AtomicCsv, format_floats, prepare_out_dir
 from aum_replay.epochs import EpochSelection, parse_epochs
-from aum_replay.errors import AumReplayError, InputError
+from aum_replay.errors import InputError
 from aum_replay.replay import ComputeResult, compute
 from aum_replay.run import open_run
 from aum_replay.threshold import combine_flags, flag_run, fraction_alpha, threshold_alpha
@@ -313,7 +313,7 @@ def flag(
 
     out_path = mislabeled_path = details_path = summary_path = None
     if out_dir is not None:
-        out_path = _prepare(out_dir)
+        out_path, _ = prepare_out_dir(out_dir)
         columns = [f"aum_{nm}" for nm in names]
         detail_cols = (
             ["sample_id", "label"]
@@ -412,14 +412,3 @@ def _formatted(frame: pl.DataFrame) -> dict[str, Any]:
         col = frame[name]
         columns[name] = format_floats(col.to_numpy()) if col.dtype == pl.Float64 else col
     return columns
-
-
-def _prepare(out_dir: str | os.PathLike[str]) -> Path:
-    path = Path(out_dir).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AumReplayError(f"{path}: cannot create output directory ({exc.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise AumReplayError(f"{path}: output directory is not writable")
-    return path

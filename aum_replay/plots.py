@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from aum_replay.csvout import prepare_out_dir
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import AumReplayError, InputError
 from aum_replay.flag import MISLABELED_NAME, SUMMARY_NAME, FlagResult, flag
@@ -155,13 +156,7 @@ def plot(
     selection = epochs if isinstance(epochs, EpochSelection) else parse_epochs(epochs)
     run = open_run(Path(run_dir), selection)
     wanted = [_plain(i) for i in _as_ids(list(ids), run.id_kind)]
-    out_path = Path(out_dir).expanduser()
-    try:
-        out_path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AumReplayError(
-            f"{out_path}: cannot create output directory ({exc.strerror})"
-        ) from None
+    out_path, _ = prepare_out_dir(out_dir)
 
     result = compute(run.run_dir, None, epochs=selection, full=False)
     table = result.aum

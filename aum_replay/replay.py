@@ -30,11 +30,12 @@ from aum_replay.csvout import (
     VALUES_COLUMNS,
     VALUES_NAME,
     AtomicCsv,
+    prepare_out_dir,
     sort_values,
     to_frame,
 )
 from aum_replay.epochs import EpochSelection
-from aum_replay.errors import AumReplayError, InputError
+from aum_replay.errors import InputError
 from aum_replay.format import STORED_DTYPES, ShardInfo, ShardReader
 from aum_replay.margins import Margins, margins
 from aum_replay.run import IdIndex, Run, build_universe, check_targets, open_run
@@ -166,7 +167,7 @@ def compute(
     with ExitStack() as outputs:
         out_path = None
         if out_dir is not None:
-            out_path, created = _prepare_out_dir(out_dir)
+            out_path, created = prepare_out_dir(out_dir)
             if created:  # an error below leaves no empty directory behind
                 outputs.callback(_remove_if_empty, out_path)
         result = _compute(
@@ -269,19 +270,6 @@ def _device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but CUDA is not available")
     return dev
-
-
-def _prepare_out_dir(out_dir: str | Path) -> tuple[Path, bool]:
-    """Create ``out_dir`` if needed and check it is writable; returns (path, created)."""
-    path = Path(out_dir).expanduser()
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".aum-replay-probe-")  # noqa: SIM115
-        probe.close()
-    except OSError as exc:
-        raise AumReplayError(f"{path}: output directory is not writable ({exc.strerror})") from None
-    return path, created
 
 
 @dataclass
