@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -46,7 +47,6 @@ FULL_COLUMNS = (
     "margin",
     "aum",
 )
-FLOAT_COLUMNS = frozenset({"aum", "target_val", "other_val", "margin"})
 
 
 def format_floats(values: np.ndarray) -> pl.Series:
@@ -90,11 +90,17 @@ def prepare_out_dir(out_dir: str | os.PathLike[str]) -> tuple[Path, bool]:
     return path, created
 
 
-def to_frame(columns: dict[str, np.ndarray | pl.Series]) -> pl.DataFrame:
-    """The rows to write as a DataFrame of CSV-ready columns (floats already formatted)."""
+def to_frame(columns: Mapping[str, np.ndarray | pl.Series]) -> pl.DataFrame:
+    """The rows to write as a DataFrame of CSV-ready columns.
+
+    Every float column (numpy or polars) becomes :func:`format_floats` text, so no caller can
+    write a float in polars' own form (``0.00001``, ``NaN``) by forgetting to format it.
+    """
     data = {}
     for name, col in columns.items():
-        if name in FLOAT_COLUMNS and not isinstance(col, pl.Series):
+        if isinstance(col, pl.Series) and col.dtype in (pl.Float32, pl.Float64):
+            data[name] = format_floats(col.to_numpy())
+        elif isinstance(col, np.ndarray) and col.dtype.kind == "f":
             data[name] = format_floats(col)
         else:
             series = col if isinstance(col, pl.Series) else pl.Series(name, col)
@@ -135,8 +141,8 @@ class AtomicCsv:
         self._fh: IO[bytes] | None = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
         self._fh.write((",".join(columns) + "\n").encode())
 
-    def write(self, columns: dict[str, np.ndarray | pl.Series]) -> None:
-        """Append rows; float columns given as float64 arrays are formatted here."""
+    def write(self, columns: Mapping[str, np.ndarray | pl.Series]) -> None:
+        """Append rows; float columns are formatted here (see :func:`to_frame`)."""
         self.write_frame(to_frame({name: columns[name] for name in self.columns}))
 
     def write_frame(self, frame: pl.DataFrame) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from aum_replay.csvout import AtomicCsv, format_floats, prepare_out_dir
+from aum_replay.csvout import AtomicCsv, prepare_out_dir
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
 from aum_replay.replay import ComputeResult, compute
@@ -342,9 +342,9 @@ def flag(
             csv_m = stack.enter_context(
                 AtomicCsv(out_path / MISLABELED_NAME, ("sample_id", *columns, "aum_mean", "label"))
             )
-            csv_m.write(_formatted(mislabeled))
+            csv_m.write(mislabeled.to_dict())
             csv_d = stack.enter_context(AtomicCsv(out_path / DETAILS_NAME, tuple(detail_cols)))
-            csv_d.write(_formatted(details))
+            csv_d.write(details.to_dict())
             tmp = out_path / f".{SUMMARY_NAME}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             stack.callback(tmp.unlink, missing_ok=True)
@@ -403,12 +403,3 @@ def _given_label(labels: np.ndarray, scored: np.ndarray) -> np.ndarray:
     for r in range(labels.shape[0]):
         out = np.where(scored[r], labels[r], out)
     return out
-
-
-def _formatted(frame: pl.DataFrame) -> dict[str, Any]:
-    """Columns for :class:`AtomicCsv`: floats in the seed's shortest round-trip form."""
-    columns: dict[str, Any] = {}
-    for name in frame.columns:
-        col = frame[name]
-        columns[name] = format_floats(col.to_numpy()) if col.dtype == pl.Float64 else col
-    return columns
