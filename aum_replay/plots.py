@@ -158,12 +158,17 @@ def plot(
     wanted = [_plain(i) for i in _as_ids(list(ids), run.id_kind)]
     out_path, _ = prepare_out_dir(out_dir)
 
-    result = compute(run.run_dir, None, epochs=selection, full=False)
+    if flags is None and run.threshold:
+        # Flag this run on its own; its replay is the AUM table too (one replay, not two).
+        flags = flag([run.run_dir], None, epochs=selection, percentile=percentile)
+        result = flags.runs[0].result
+    else:
+        result = compute(run, None, full=False)
     table = result.aum
     sample_ids = table["sample_id"].to_numpy()
     aum = table["aum"].to_numpy()
     is_thr = _threshold_mask(run, sample_ids)
-    known = _load_flags(flags, run, selection, percentile)
+    known = _load_flags(flags, run)
     alpha = known.alpha if known is not None else None
     if alpha is None and is_thr.any():
         alpha = threshold_alpha(aum[is_thr], percentile)
@@ -242,15 +247,11 @@ class _Flags:
 def _load_flags(
     flags: FlagResult | str | os.PathLike[str] | None,
     run: Run,
-    selection: EpochSelection,
-    percentile: float,
 ) -> _Flags | None:
     """Alpha of ``run`` and the flagged counts per class, from a flag result, its dir, or a flag."""
     num_classes = int(run.threshold["extra_class"]) if run.threshold else run.num_classes
-    if flags is None:
-        if not run.threshold:
-            return None
-        flags = flag([run.run_dir], None, epochs=selection, percentile=percentile)
+    if flags is None:  # a run without threshold samples, and no flag output given
+        return None
     if isinstance(flags, FlagResult):
         alpha = next((r.alpha for r in flags.runs if _same(r.run_dir, run.run_dir)), None)
         return _Flags(alpha, dict(flags.flagged_per_class), num_classes)
