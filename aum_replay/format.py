@@ -117,6 +117,21 @@ def torch_to_stored(dtype: torch.dtype) -> str:
 
 
 @dataclass(frozen=True)
+class ChunkMap:
+    """Where the chunks of one dataset lie in its file, when they can be read without HDF5.
+
+    Uncompressed, unfiltered little-endian chunks of whole rows hold the rows exactly as they are
+    in memory, so a reader copies them with ``os.preadv`` straight into its buffer: no HDF5 call,
+    no chunk-cache copy, and the GIL is released while the page cache is copied.
+    """
+
+    chunk_rows: int
+    row_bytes: int
+    offsets: tuple[int, ...]
+    """Byte offset in the file of chunk k, which holds rows ``[k * chunk_rows, ...)``."""
+
+
+@dataclass(frozen=True)
 class ShardInfo:
     """The attributes of one shard, validated."""
 
@@ -136,6 +151,8 @@ class ShardInfo:
     format_version: int = FORMAT_VERSION
     chunk_rows: int = 0
     """Rows per HDF5 chunk of the logits (0 if not chunked); blocks aligned to it read fastest."""
+    raw: dict[str, ChunkMap] = field(default_factory=dict, repr=False, compare=False)
+    """Datasets whose chunks can be read straight from the file (see :class:`ChunkMap`)."""
 
     @property
     def nbytes(self) -> int:
@@ -290,40 +307,60 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _attr(f: h5py.File, key: str, path: Path) -> Any:
-    """One attribute of ``f``, as a Python value.
+_INT64 = np.dtype(np.int64)
 
-    Read through HDF5's low-level API: twice as fast as ``f.attrs[key]``, which matters when a
-    replay validates thousands of shards.
+#: The type of each attribute: its value is read straight into a buffer of that type.
+_ATTR_TYPES: dict[str, type] = {key: str for key in REQUIRED_ATTRS} | {
+    key: int for key in ("format_version", "epoch", "rank", "world_size", "num_classes", "num_rows")
+}
+
+
+def _attr(fid: h5py.h5f.FileID, key: str, path: Path) -> Any:
+    """One scalar attribute of an open file, as an ``int`` or a ``str`` (:data:`_ATTR_TYPES`).
+
+    Read through HDF5's low-level API into a buffer of the expected type: ~3x cheaper than
+    ``f.attrs[key]``, which matters when a replay validates thousands of shards.
     """
     name = key.encode()
-    if not h5py.h5a.exists(f.id, name):
+    if not h5py.h5a.exists(fid, name):
         raise FormatError(f"{path}: not an aum-replay shard (attribute {key!r} missing)")
-    attr = h5py.h5a.open(f.id, name)
-    buffer = np.empty(attr.shape, dtype=attr.dtype)
-    attr.read(buffer)
+    attr = h5py.h5a.open(fid, name)
+    kind = _ATTR_TYPES.get(key, str)
+    if attr.shape != ():  # HDF5 would write every element into the one-value buffer
+        raise FormatError(f"{path}: attribute {key!r} is not a single value")
+    buffer = np.empty((), dtype=_INT64 if kind is int else STR_DTYPE)
+    try:
+        attr.read(buffer)
+    except (OSError, TypeError, ValueError):
+        what = "an integer" if kind is int else "a string"
+        raise FormatError(f"{path}: attribute {key!r} is not {what}") from None
     value = buffer[()]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value.item() if isinstance(value, np.generic) else value
+    if kind is int:
+        return int(value)
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def read_info(path: Path) -> ShardInfo:
     """Open ``path`` and validate its attributes and datasets; raise :class:`FormatError` if bad."""
     try:
-        with h5py.File(path, "r") as f:
-            return _validate(f, path)
+        fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
+    try:
+        return _validate(fid, path)
     except FormatError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
+    finally:
+        fid.close()
 
 
-def _validate(f: h5py.File, path: Path) -> ShardInfo:
-    name = _attr(f, "format", path)
+def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
+    name = _attr(fid, "format", path)
     if name != FORMAT_NAME:
         raise FormatError(f"{path}: not an aum-replay shard (format {name!r})")
-    version = int(_attr(f, "format_version", path))
+    version = _attr(fid, "format_version", path)
     if version > FORMAT_VERSION:
         raise FormatError(
             f"{path}: shard format version {version} is newer than this aum-replay "
@@ -331,154 +368,147 @@ def _validate(f: h5py.File, path: Path) -> ShardInfo:
         )
     if version < 1:
         raise FormatError(f"{path}: unknown shard format version {version}")
-    values = {key: _attr(f, key, path) for key in REQUIRED_ATTRS[2:]}
-    stored = str(values["stored_dtype"])
+    values = {key: _attr(fid, key, path) for key in REQUIRED_ATTRS[2:]}
+    stored = values["stored_dtype"]
     if stored not in STORED_DTYPES:
         raise FormatError(f"{path}: unknown stored dtype {stored!r}")
-    id_kind = str(values["id_kind"])
+    id_kind = values["id_kind"]
     if id_kind not in ID_KINDS:
         raise FormatError(f"{path}: unknown id kind {id_kind!r}")
-    num_rows = int(values["num_rows"])
-    num_classes = int(values["num_classes"])
+    num_rows = values["num_rows"]
+    num_classes = values["num_classes"]
     if num_rows < 0:
         raise FormatError(f"{path}: shard was never finished (num_rows unset)")
-    shapes = {}
-    for ds_name in (LOGITS, TARGETS, SAMPLE_IDS):
-        if ds_name not in f:
-            raise FormatError(f"{path}: dataset {ds_name!r} missing")
-        dataset = h5py.h5d.open(f.id, ds_name.encode())  # low-level: ~5x cheaper than f[name]
-        shapes[ds_name] = dataset.shape
-        if ds_name == LOGITS:
-            layout = dataset.get_create_plist()
-            chunks = layout.get_chunk() if layout.get_layout() == h5py.h5d.CHUNKED else None
-        rows = shapes[ds_name][0] if shapes[ds_name] else 0
-        if not shapes[ds_name] or rows != num_rows:
+    disk_dtypes = {
+        LOGITS: STORED_DTYPES[stored][0],
+        TARGETS: _INT64,
+        SAMPLE_IDS: _INT64 if id_kind == "int" else None,
+    }
+    shapes: dict[str, tuple[int, ...]] = {}
+    raw: dict[str, ChunkMap] = {}
+    chunk_rows = 0
+    for ds_name, disk_dtype in disk_dtypes.items():
+        try:
+            dataset = h5py.h5d.open(fid, ds_name.encode())  # low-level: ~5x cheaper than f[name]
+        except KeyError:
+            raise FormatError(f"{path}: dataset {ds_name!r} missing") from None
+        shape = shapes[ds_name] = dataset.shape
+        rows = shape[0] if shape else 0
+        if not shape or rows != num_rows:
             raise FormatError(f"{path}: dataset {ds_name!r} has {rows} rows, expected {num_rows}")
+        plist = dataset.get_create_plist()
+        chunked = plist.get_layout() == h5py.h5d.CHUNKED
+        if ds_name == LOGITS:
+            chunk_rows = int(plist.get_chunk()[0]) if chunked else 0
+        chunks = _chunk_map(dataset, plist, disk_dtype) if chunked and disk_dtype else None
+        if chunks is not None:
+            raw[ds_name] = chunks
     if len(shapes[LOGITS]) != 2 or shapes[LOGITS][1] != num_classes:
         raise FormatError(f"{path}: logits shape {shapes[LOGITS]} does not match C={num_classes}")
     try:
         metadata = json.loads(values["metadata"])
-        threshold = json.loads(_attr(f, "threshold", path)) if "threshold" in f.attrs else None
+        has_threshold = h5py.h5a.exists(fid, b"threshold")
+        threshold = json.loads(_attr(fid, "threshold", path)) if has_threshold else None
     except (json.JSONDecodeError, TypeError) as exc:
         raise FormatError(f"{path}: metadata is not valid JSON ({exc})") from None
     return ShardInfo(
         path=path,
-        epoch=int(values["epoch"]),
-        rank=int(values["rank"]),
-        world_size=int(values["world_size"]),
+        epoch=values["epoch"],
+        rank=values["rank"],
+        world_size=values["world_size"],
         num_classes=num_classes,
         num_rows=num_rows,
-        logits_dtype=str(values["logits_dtype"]),
+        logits_dtype=values["logits_dtype"],
         stored_dtype=stored,
         id_kind=id_kind,
-        package_version=str(values["package_version"]),
-        created_utc=str(values["created_utc"]),
+        package_version=values["package_version"],
+        created_utc=values["created_utc"],
         metadata=metadata,
         threshold=threshold,
         format_version=version,
-        chunk_rows=int(chunks[0]) if chunks else 0,
+        chunk_rows=chunk_rows,
+        raw=raw,
     )
 
 
-def read_all_ids(info: ShardInfo) -> np.ndarray:
-    """Every sample id of a validated shard: ``int64``, or an object array of ``str``.
+def _chunk_map(
+    dataset: h5py.h5d.DatasetID, plist: h5py.h5p.PropDCID, dtype: np.dtype[Any]
+) -> ChunkMap | None:
+    """The :class:`ChunkMap` of a chunked dataset, or ``None`` if it must be read through HDF5
+    (filtered or compressed, another dtype or byte order, a chunk not written)."""
+    if (
+        dataset.dtype != dtype
+        or dtype.byteorder not in ("<", "=", "|")
+        or sys.byteorder != "little"
+        or not hasattr(os, "preadv")
+        or plist.get_nfilters()
+    ):
+        return None
+    shape = dataset.shape
+    chunk = plist.get_chunk()
+    if tuple(chunk[1:]) != tuple(shape[1:]):
+        return None  # a chunk is not whole rows
+    chunk_rows = int(chunk[0])
+    row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    offsets = [-1] * -(-shape[0] // chunk_rows)
 
-    Int ids are read through h5py's low-level API, which opens a file ~3x faster than
-    ``h5py.File``: the replay reads every shard's ids once before streaming.
-    """
-    if info.id_kind == "str":
-        with ShardReader(info.path, info=info) as reader:
-            return reader.read_ids()
-    try:
-        fid = h5py.h5f.open(os.fsencode(info.path), h5py.h5f.ACC_RDONLY)
-        try:
-            dataset = h5py.h5d.open(fid, SAMPLE_IDS.encode())
-            ids = np.empty(info.num_rows, dtype=np.int64)
-            if info.num_rows:
-                dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, ids)
-            return ids
-        finally:
-            fid.close()
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise FormatError(f"{info.path}: cannot read sample ids ({exc})") from None
+    def place(first_row: int, byte_offset: int | None, filter_mask: int) -> None:
+        k, within = divmod(first_row, chunk_rows)
+        if byte_offset is not None and not filter_mask and not within and k < len(offsets):
+            offsets[k] = int(byte_offset)
+
+    try:  # one HDF5 call for all chunks (HDF5 >= 1.12.3); else one per chunk
+        dataset.chunk_iter(lambda c: place(c.chunk_offset[0], c.byte_offset, c.filter_mask))
+    except (AttributeError, NotImplementedError, RuntimeError):
+        tail = (0,) * (len(shape) - 1)
+        for k in range(len(offsets)):
+            c = dataset.get_chunk_info_by_coord((k * chunk_rows, *tail))
+            place(k * chunk_rows, c.byte_offset, c.filter_mask)
+    if -1 in offsets:
+        return None
+    return ChunkMap(chunk_rows, row_bytes, tuple(offsets))
+
+
+def read_all_ids(info: ShardInfo) -> np.ndarray:
+    """Every sample id of a validated shard: ``int64``, or an object array of ``str``."""
+    with ShardReader(info.path, info=info) as reader:
+        return reader.read_ids()
 
 
 class ShardReader:
     """Reads a published shard in blocks of rows.
 
     ``info``, the :class:`ShardInfo` that :func:`read_info` returned for this file, skips the
-    validation of its attributes.
+    validation. Datasets with a :class:`ChunkMap` are read with ``os.preadv`` alone; HDF5 opens
+    the file only for the others (compressed chunks, string ids).
 
-    Use as a context manager. Every HDF5 failure is re-raised as :class:`FormatError` naming the
-    file, so a corrupt or truncated shard never surfaces as a bare ``OSError``.
+    Use as a context manager. Every failure is re-raised as :class:`FormatError` naming the file,
+    so a corrupt or truncated shard never surfaces as a bare ``OSError``.
     """
 
     def __init__(
         self, path: Path, *, info: ShardInfo | None = None, cache_bytes: int = 16 << 20
     ) -> None:
         self.path = path
+        self.info = read_info(path) if info is None else info
+        self._cache_bytes = cache_bytes
         self._fd: int | None = None
-        self._raw: dict[str, list[int] | None] = {}
+        self._file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
-        try:
-            self._file = h5py.File(path, "r", rdcc_nbytes=cache_bytes)
-        except (OSError, ValueError) as exc:
-            raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
-        try:
-            # Attribute reads cost ~0.1 ms each in HDF5: a shard validated once is not re-read.
-            self.info = _validate(self._file, path) if info is None else info
-        except FormatError:
-            self._file.close()
-            raise
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            self._file.close()
-            raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
-
-    def _raw_offsets(self, name: str, dtype: np.dtype[Any]) -> list[int] | None:
-        """Byte offset of each chunk of dataset ``name``, when its chunks can be read raw.
-
-        Uncompressed, unfiltered little-endian chunks of whole rows hold the rows exactly as they
-        are in memory, so they are read with ``os.preadv`` straight into the caller's buffer: no
-        HDF5 chunk-cache copy, and the GIL is released while the disk or page cache works, so
-        reading the next block overlaps computing the current one. ``None``: use h5py.
-        """
-        if name not in self._raw:
-            self._raw[name] = self._plan_raw(self._dataset(name), dtype)
-        return self._raw[name]
 
     def _dataset(self, name: str) -> h5py.Dataset:
-        # Opening a dataset by name costs ~0.1 ms in h5py; blocks reuse the handle.
+        # Opening a file and a dataset by name costs ~0.3 ms in h5py: blocks reuse the handles.
         ds = self._datasets.get(name)
         if ds is None:
+            if self._file is None:
+                try:
+                    self._file = h5py.File(self.path, "r", rdcc_nbytes=self._cache_bytes)
+                except (OSError, ValueError) as exc:
+                    raise FormatError(
+                        f"{self.path}: corrupt or not an HDF5 shard ({exc})"
+                    ) from None
             ds = self._datasets[name] = self._file[name]
         return ds
-
-    def _plan_raw(self, ds: h5py.Dataset, dtype: np.dtype[Any]) -> list[int] | None:
-        chunks = ds.chunks
-        raw_ok = (
-            chunks is not None
-            and chunks[0] == self.info.chunk_rows
-            and tuple(chunks[1:]) == tuple(ds.shape[1:])
-            and ds.dtype == dtype
-            and ds.dtype.kind in "fiu"
-            and ds.compression is None
-            and not ds.shuffle
-            and not ds.fletcher32
-            and ds.scaleoffset is None
-            and ds.dtype.byteorder in ("<", "=", "|")
-            and sys.byteorder == "little"
-            and hasattr(os, "preadv")
-        )
-        if not raw_ok:
-            return None
-        offsets = []
-        tail = (0,) * (ds.ndim - 1)
-        for first in range(0, self.info.num_rows, self.info.chunk_rows):
-            info = ds.id.get_chunk_info_by_coord((first, *tail))
-            if info.byte_offset is None or info.filter_mask:
-                return None
-            offsets.append(int(info.byte_offset))
-        return offsets
 
     def __enter__(self) -> ShardReader:
         return self
@@ -487,7 +517,10 @@ class ShardReader:
         self.close()
 
     def close(self) -> None:
-        self._file.close()
+        self._datasets.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -514,9 +547,11 @@ class ShardReader:
         """
         n = stop - start
         try:
+            disk = STORED_DTYPES[self.info.stored_dtype][0]
             if out is None:
-                disk = STORED_DTYPES[self.info.stored_dtype][0]
                 out = np.empty((n, self.info.num_classes), dtype=disk)
+            if len(out) < n or out.dtype != disk or out.shape[1:] != (self.info.num_classes,):
+                raise ValueError(f"buffer {out.shape} {out.dtype} cannot hold rows {start}:{stop}")
             logits = self._read(LOGITS, start, stop, out[:n])
             targets = self._read(TARGETS, start, stop, np.empty(n, dtype=np.int64))
         except FormatError:
@@ -529,22 +564,25 @@ class ShardReader:
 
     def _read(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows ``[start, stop)`` of dataset ``name`` into ``out`` (contiguous, right dtype)."""
-        offsets = self._raw_offsets(name, out.dtype)
         if stop <= start:
             return out
-        if offsets is None:
+        chunks = self.info.raw.get(name)
+        if (
+            chunks is None
+            or not out.flags.c_contiguous
+            or out.nbytes != (stop - start) * chunks.row_bytes
+        ):
             self._dataset(name).read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
             return out
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        row_bytes = out.itemsize * (out.size // len(out))
         dest = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-        chunk_rows = self.info.chunk_rows
+        row_bytes, chunk_rows = chunks.row_bytes, chunks.chunk_rows
         done, row = 0, start
         while row < stop:
             chunk, within = divmod(row, chunk_rows)
             rows = min(stop - row, chunk_rows - within)
-            offset = offsets[chunk] + within * row_bytes
+            offset = chunks.offsets[chunk] + within * row_bytes
             want = rows * row_bytes
             got = 0
             while got < want:

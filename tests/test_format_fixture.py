@@ -146,3 +146,65 @@ def test_rows_that_disagree_with_num_rows_are_refused(tmp_path: Path) -> None:
         f["targets"].resize(9, axis=0)
     with pytest.raises(FormatError, match="'targets' has 9 rows, expected 10"):
         read_info(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("num_rows", np.arange(3), "attribute 'num_rows' is not a single value"),
+        ("epoch", "zero", "attribute 'epoch' is not an integer"),
+        ("id_kind", 7, "attribute 'id_kind' is not a string"),
+    ],
+)
+def test_an_attribute_of_the_wrong_shape_or_type_is_refused(
+    tmp_path: Path, key: str, value: object, message: str
+) -> None:
+    # An array attribute read into a one-value buffer would overrun it: it must be refused first.
+    path = copy_shard(tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs[key]
+        f.attrs[key] = value
+    with pytest.raises(FormatError, match=message) as info:
+        read_info(path)
+    assert str(path) in str(info.value)
+    result = CliRunner().invoke(app, ["compute", str(path.parent), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert message.split(" is ")[0] in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_buffer_too_small_for_the_block_is_an_error_not_a_short_read(tmp_path: Path) -> None:
+    path = copy_shard(tmp_path)
+    with ShardReader(path) as reader:
+        with pytest.raises(FormatError, match="cannot hold rows 0:10"):
+            reader.read_block(0, 10, out=np.empty((4, 3), dtype=np.float32))
+        with pytest.raises(FormatError, match="cannot hold rows 0:10"):
+            reader.read_block(0, 10, out=np.empty((10, 3), dtype=np.float64))
+        logits, targets = reader.read_block(0, 10, out=np.empty((12, 3), dtype=np.float32))
+        assert logits.shape == (10, 3) and targets.shape == (10,)
+
+
+def test_uncompressed_shards_are_read_without_hdf5_and_compressed_ones_through_it(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.standard_normal((50, 4), dtype=np.float32))
+    targets, ids = rng.integers(0, 4, 50), np.arange(50) * 3
+    blocks = {}
+    for compression in (None, "gzip"):
+        run = tmp_path / str(compression)
+        with aum_replay.LogitLogger(run, compression=compression, chunk_bytes=1024) as logger:
+            logger.log(logits, targets, ids, epoch=0)
+        info = read_info(list_shards(run)[0][2])
+        # compression applies to the logits alone: targets and ids stay raw-readable
+        raw = {"targets", "sample_ids"} | ({"logits"} if compression is None else set())
+        assert set(info.raw) == raw
+        with ShardReader(info.path, info=info) as reader:
+            parts = [reader.read_block(a, b) for a, b in reader.blocks(7)]
+            read_ids = np.concatenate([reader.read_ids(a, b) for a, b in reader.blocks(7)])
+            assert (reader._file is None) == (compression is None)  # HDF5 only when needed
+        blocks[compression] = (
+            torch.cat([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+        )
+        assert torch.equal(blocks[compression][0], logits)
+        assert np.array_equal(blocks[compression][1], targets) and np.array_equal(read_ids, ids)
