@@ -22,11 +22,13 @@ from aum_replay.format import (
 __all__ = [
     "EpochSummary",
     "IdIndex",
+    "IdScan",
     "Run",
     "RunSummary",
     "build_universe",
     "describe_run",
     "open_run",
+    "scan_ids",
 ]
 
 
@@ -132,30 +134,70 @@ def build_universe(shards: Sequence[ShardInfo], id_kind: str) -> np.ndarray:
 
     Returns an ``int64`` array, or a numpy unicode array for string ids. Reads the ids only.
     """
+    return scan_ids(shards, id_kind).universe
+
+
+@dataclass(frozen=True)
+class IdScan:
+    """What one pass over the sample ids of a run's shards found (see :func:`scan_ids`)."""
+
+    universe: np.ndarray
+    """Every distinct sample id, sorted."""
+    appearances: np.ndarray | None
+    """Per id of ``universe``, the number of epochs it appears in, when no epoch holds an id
+    twice (then every row counts, whatever the duplicates policy); else ``None``, as for ids that
+    are not dense integers, where finding out would cost a sort."""
+
+
+def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
+    """Read every sample id of ``shards`` (in epoch order) once: the universe, and whether any
+    epoch holds an id twice.
+
+    Dense integer ids (the common case) cost one scatter per row: each id's slot in a table over
+    ``[low, high]`` is stamped with the epoch it was last seen in, and an epoch whose distinct
+    stamps are fewer than its rows held an id twice.
+    """
     uniques: list[np.ndarray] = []
-    present: np.ndarray | None = None  # int ids: a bitmap over [low, low + len(present))
+    stamp: np.ndarray | None = None  # int ids: last epoch ordinal seen, over [low, low + len)
+    appearances: np.ndarray | None = None
     low = 0
-    for info in shards:
+    clean = True
+    epoch_rows = ordinal = 0
+    for k, info in enumerate(shards):
         ids = read_all_ids(info)
-        if id_kind == "str":
-            ids = ids.astype(np.str_)
+        if len(ids) and id_kind == "str":
+            appearances = None
+            uniques.append(_sorted_unique(ids.astype(np.str_)))
         elif len(ids):
             lo, hi = int(ids.min()), int(ids.max())
-            if present is None and not uniques and hi - lo < 4 * len(ids) + 4096:
-                present, low = np.zeros(hi - lo + 1, dtype=bool), lo
-            if present is not None and lo >= low and hi < low + len(present):
-                present[ids - low] = True  # O(rows), no sort: the common dense-id case
-                continue
-        uniques.append(_sorted_unique(ids))
+            if stamp is None and not uniques and hi - lo < 4 * len(ids) + 4096:
+                stamp, low = np.full(hi - lo + 1, -1, dtype=np.int32), lo
+                appearances = np.zeros(len(stamp), dtype=np.int64)
+            if stamp is not None and lo >= low and hi < low + len(stamp):
+                stamp[ids - low] = ordinal  # O(rows), no sort: the common dense-id case
+                epoch_rows += len(ids)
+            else:
+                appearances = None  # ids outside the table: no cheap duplicate check
+                uniques.append(_sorted_unique(ids))
         if len(uniques) > 8:  # keep memory O(N), not O(rows)
             uniques = [_sorted_unique(np.concatenate(uniques))]
-    if present is not None:
-        uniques.append(np.flatnonzero(present).astype(np.int64) + low)
+        if k + 1 == len(shards) or shards[k + 1].epoch != info.epoch:  # the epoch's last shard
+            if appearances is not None and stamp is not None:
+                seen = stamp == ordinal
+                clean = clean and int(np.count_nonzero(seen)) == epoch_rows
+                appearances += seen
+            epoch_rows, ordinal = 0, ordinal + 1
+    if stamp is not None:
+        present = np.flatnonzero(stamp >= 0)
+        if appearances is not None:
+            appearances = appearances[present]
+        uniques.append(present.astype(np.int64) + low)
     if not uniques:
-        return np.zeros(0, dtype=np.int64 if id_kind == "int" else np.str_)
-    if len(uniques) == 1 and present is not None:
-        return uniques[0]
-    return _sorted_unique(np.concatenate(uniques))
+        empty = np.zeros(0, dtype=np.int64 if id_kind == "int" else np.str_)
+        return IdScan(empty, np.zeros(0, dtype=np.int64) if clean else None)
+    if len(uniques) == 1 and stamp is not None:
+        return IdScan(uniques[0], appearances if clean else None)
+    return IdScan(_sorted_unique(np.concatenate(uniques)), None)
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -173,7 +215,8 @@ class IdIndex:
     """Maps sample ids to their dense index in a sorted ``universe`` (see :func:`index_of`).
 
     Integer ids that span a compact range use a lookup table (one gather per block) instead
-    of a binary search.
+    of a binary search; ids that are exactly ``low, low + 1, ...`` (what
+    :class:`~aum_replay.DatasetWithIndex` gives) are their own index, shifted.
     """
 
     def __init__(self, universe: np.ndarray, id_kind: str) -> None:
@@ -181,20 +224,28 @@ class IdIndex:
         self.id_kind = id_kind
         self._lut: np.ndarray | None = None
         self._low = 0
+        self._consecutive = False
         if id_kind == "int" and len(universe):
             low, high = int(universe[0]), int(universe[-1])
-            if high - low < 4 * len(universe) + 4096:
-                self._low = low
+            self._low = low
+            self._consecutive = high - low == len(universe) - 1  # sorted and distinct
+            if not self._consecutive and high - low < 4 * len(universe) + 4096:
                 self._lut = np.full(high - low + 1, -1, dtype=np.int64)
                 self._lut[universe - low] = np.arange(len(universe), dtype=np.int64)
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        """Dense index of each id, shape (B,) ``int64``."""
-        if self._lut is None:
+        """Dense index of each id, shape (B,) ``int64`` (``ids`` itself when they are 0..N-1)."""
+        if not self._consecutive and self._lut is None:
             return index_of(self.universe, ids, self.id_kind)
-        offset = np.asarray(ids, dtype=np.int64) - self._low
-        if len(offset) and (offset.min() < 0 or offset.max() >= len(self._lut)):
+        offset = np.asarray(ids, dtype=np.int64)
+        if self._low:
+            offset = offset - self._low
+        size = len(self.universe) if self._lut is None else len(self._lut)
+        # One pass checks both ends: a negative offset is a huge unsigned number.
+        if len(offset) and int(offset.view(np.uint64).max()) >= size:
             raise InputError("sample id not in the run's id universe")  # pragma: no cover
+        if self._lut is None:
+            return offset
         index = self._lut[offset]
         if len(index) and index.min() < 0:
             raise InputError("sample id not in the run's id universe")  # pragma: no cover
@@ -215,6 +266,8 @@ def check_targets(targets: np.ndarray, num_classes: int, where: str) -> None:
     """Raise :class:`FormatError` if a stored target is outside ``[0, num_classes)``."""
     if len(targets) == 0:
         return
+    if targets.dtype == np.int64 and int(targets.view(np.uint64).max()) < num_classes:
+        return  # one pass, no temporaries: a negative target is a huge unsigned number
     bad = np.flatnonzero((targets < 0) | (targets >= num_classes))
     if len(bad):
         raise FormatError(
