@@ -65,6 +65,10 @@ class MarginAccumulator:
         # With a repeat, two positions write one cell and at most one reads its own position back.
         return bool((self._scratch[index] == positions).all())
 
+    def add(self, index: np.ndarray, margin: np.ndarray) -> None:
+        """Add margins to the sums alone, in row order (for a caller that keeps the counts)."""
+        np.add.at(self.sums, index, margin)  # numpy >= 2: ~2x faster than gather + scatter
+
     def update(
         self,
         index: np.ndarray,
@@ -85,37 +89,30 @@ class MarginAccumulator:
             If True, return ``(num_measurements, aum)`` after each row, both of shape (B,):
             the count and running mean of that row's sample, as the full records need.
         unique
-            The caller guarantees that no index repeats (skips the check).
+            The caller guarantees that no index repeats (skips the check that ``running``
+            needs; without it, margins are added with ``np.add.at``, in row order).
         """
-        if unique or self.all_unique(index):
-            return self._apply(index, margin, running)
-        rank = occurrence_rank(index)
-        out_n = np.empty(len(index), dtype=np.int64) if running else None
-        out_aum = np.empty(len(index), dtype=np.float64) if running else None
-        for k in range(int(rank.max()) + 1):
-            rows = np.flatnonzero(rank == k)  # the k-th occurrences: unique indices
-            res = self._apply(index[rows], margin[rows], running)
-            if res is not None and out_n is not None and out_aum is not None:
-                out_n[rows], out_aum[rows] = res
-        if out_n is None or out_aum is None:
-            return None
-        return out_n, out_aum
-
-    def _apply(
-        self, index: np.ndarray, margin: np.ndarray, running: bool
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        # index holds no repeats here: one addition per sample, whichever way it is applied.
-        if not running:
-            np.add.at(self.sums, index, margin)  # numpy >= 2: ~2x faster than gather + scatter
+        if not running:  # add.at adds a repeated index's margins in row order: exact
+            self.add(index, margin)
             np.add.at(self.counts, index, 1)
             return None
+        if unique or self.all_unique(index):
+            return self._running(index, margin)
+        rank = occurrence_rank(index)
+        out_n = np.empty(len(index), dtype=np.int64)
+        out_aum = np.empty(len(index), dtype=np.float64)
+        for k in range(int(rank.max()) + 1):
+            rows = np.flatnonzero(rank == k)  # the k-th occurrences: unique indices
+            out_n[rows], out_aum[rows] = self._running(index[rows], margin[rows])
+        return out_n, out_aum
+
+    def _running(self, index: np.ndarray, margin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # index holds no repeats here: one addition per sample.
         sums = self.sums[index] + margin
         counts = self.counts[index] + 1
         self.sums[index] = sums
         self.counts[index] = counts
-        if running:
-            return counts, sums / counts
-        return None
+        return counts, sums / counts
 
     def aum(self) -> np.ndarray:
         """AUM of every sample, shape (N,): sum / count, NaN where a sample has no measurement."""

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Margins", "margins"]
+__all__ = ["Margins", "margin_values", "margins"]
 
 
 class Margins(NamedTuple):
@@ -67,7 +67,7 @@ def margins(
     ``torch.max`` returns the first index among equal maxima, and a NaN anywhere among the
     non-target logits wins the max, so a NaN gives a NaN margin, as in the reference.
     """
-    if logits.device.type == "cpu" and logits.dtype in _NUMPY_DTYPES:
+    if logits.device.type == "cpu" and logits.dtype in NUMPY_DTYPES:
         return _margins_numpy(logits, targets, inplace=inplace, with_index=with_index)
     index = targets.reshape(-1, 1).to(device=logits.device, dtype=torch.int64)
     target_val = logits.gather(1, index).squeeze(1)
@@ -85,7 +85,8 @@ def margins(
     return Margins(target_val, other_logit, other_val, margin)
 
 
-_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+#: Logits dtypes that the numpy kernels take (numpy has no bfloat16).
+NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 def _margins_numpy(
@@ -103,16 +104,12 @@ def _margins_numpy(
     x = logits.detach().numpy()
     if not inplace or not x.flags.c_contiguous:
         x = np.array(x, order="C")  # the flat view below must alias x
-    num_rows, num_classes = x.shape
     label = targets.detach().cpu().numpy().reshape(-1).astype(np.int64, copy=False)
-    flat = x.reshape(-1)  # a view, since x is C-contiguous
-    position = np.arange(num_rows) * num_classes + label
-    target_val = flat[position]
-    flat[position] = -np.inf
+    target_val = _mask_targets(x, label)
     other_logit = None
     if with_index:
         index = x.argmax(axis=1)
-        other_val = x[np.arange(num_rows), index]
+        other_val = x[np.arange(len(x)), index]
         other_logit = torch.from_numpy(index.astype(np.int64, copy=False))
     else:
         other_val = torch.from_numpy(x).amax(dim=1).numpy()  # NaN propagates
@@ -124,6 +121,28 @@ def _margins_numpy(
         torch.from_numpy(other_val),
         torch.from_numpy(margin),
     )
+
+
+def margin_values(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Just the margins (``float64``, shape (B,)) of a C-contiguous float16/32/64 block.
+
+    The replay's values-only path: the same numbers as :func:`margins` in a handful of calls,
+    since per-call overhead adds up over thousands of blocks. ``x`` is used as scratch.
+    """
+    target_val = _mask_targets(x, labels)
+    other_val = torch.from_numpy(x).amax(dim=1).numpy()  # NaN propagates
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, as in torch
+        return (target_val - other_val).astype(np.float64)
+
+
+def _mask_targets(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Return each row's target logit and overwrite it with ``-inf`` in ``x`` (C-contiguous)."""
+    num_rows, num_classes = x.shape
+    flat = x.reshape(-1)  # a view, since x is C-contiguous
+    position = np.arange(0, num_rows * num_classes, num_classes) + labels
+    target_val = flat[position]
+    flat[position] = -np.inf
+    return target_val
 
 
 def _first_argmax_cpu(masked: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
@@ -37,8 +39,8 @@ from aum_replay.csvout import (
 from aum_replay.epochs import EpochSelection
 from aum_replay.errors import InputError
 from aum_replay.format import STORED_DTYPES, ShardInfo, ShardReader
-from aum_replay.margins import Margins, margins
-from aum_replay.run import IdIndex, Run, build_universe, check_targets, open_run
+from aum_replay.margins import NUMPY_DTYPES, Margins, margin_values, margins
+from aum_replay.run import IdIndex, Run, check_targets, open_run, scan_ids
 
 __all__ = [
     "RECORD_DTYPE",
@@ -65,7 +67,6 @@ RECORD_DTYPE = np.dtype(
     ]
 )
 WRITE_ROWS = 1 << 18  # rows formatted per CSV write
-RING = 3  # block buffers: one being read, one being computed on, one spare
 
 
 @dataclass
@@ -110,6 +111,7 @@ def compute(
     duplicates: Duplicates = "first",
     device: str = "cpu",
     threads: int | None = 1,
+    workers: int = 2,
     block_bytes: int = 2 << 20,
     spill_bytes: int = 8 << 20,
     progress: Callable[[int, int], None] | None = None,
@@ -138,8 +140,12 @@ def compute(
     threads
         Torch intra-op threads during the replay; default 1 (robust on busy machines). ``None``
         leaves torch's setting alone.
+    workers
+        Threads that read blocks and compute their margins side by side; default 2. Each holds
+        one block; more than the machine's cores gains nothing.
     block_bytes
-        Logits read per block (bytes).
+        Logits read per block (bytes): a block is read and its margins computed while it is
+        still in the core's cache; fewer, larger blocks cost less Python per row.
     spill_bytes
         Memory allowed for full records before they are bucketed to scratch files.
     progress
@@ -157,6 +163,8 @@ def compute(
     started = time.perf_counter()
     if duplicates not in ("first", "all"):
         raise InputError(f"duplicates must be 'first' or 'all', not {duplicates!r}")
+    if workers < 0:
+        raise InputError(f"workers must be 0 or more, not {workers}")
     torch_device = _device(device)
     if isinstance(run_dir, Run):
         if epochs is not None:
@@ -177,6 +185,7 @@ def compute(
             duplicates=duplicates,
             device=torch_device,
             threads=threads,
+            workers=workers,
             block_bytes=block_bytes,
             spill_bytes=spill_bytes,
             progress=progress,
@@ -199,15 +208,25 @@ def _compute(
     duplicates: Duplicates,
     device: torch.device,
     threads: int | None,
+    workers: int,
     block_bytes: int,
     spill_bytes: int,
     progress: Callable[[int, int], None] | None,
     started: float,
 ) -> ComputeResult:
-    universe = build_universe(run.shards, run.id_kind)
+    scan = scan_ids(run.shards, run.id_kind)
+    universe = scan.universe
     n = len(universe)
     acc = MarginAccumulator(n)
-    stats = _Stats(labels=np.full(n, -1, dtype=np.int64))
+    keep_records = full and out_path is not None
+    counts = None  # without full records, the counts need no running value
+    if not keep_records:
+        if scan.appearances is not None:  # no id twice in an epoch: every row counts
+            acc.counts[:] = scan.appearances
+        else:
+            counts = acc.counts  # the ledger counts the rows it admits
+    ledger = _Ledger(n, duplicates, counts, clean=scan.appearances is not None)
+    nonfinite = 0
     old_threads = torch.get_num_threads()
     with ExitStack() as stack:
         if threads is not None:
@@ -215,13 +234,17 @@ def _compute(
             stack.callback(torch.set_num_threads, old_threads)
         spill = (
             stack.enter_context(_Spill.open(out_path, n, run.num_rows, spill_bytes))
-            if (full and out_path is not None)
+            if keep_records
             else None
         )
-        for block in _stream(run, IdIndex(universe, run.id_kind), block_bytes):
-            _process(block, acc, stats, spill, device, duplicates, n)
+
+        ids = IdIndex(universe, run.id_kind)
+        kernel = _kernel(device, keep_records)
+        for block in _stream(run, ids, kernel, block_bytes, workers):
+            nonfinite += _process(block, ledger, acc, spill, unique=duplicates == "first")
             if progress is not None:
-                progress(stats.rows_read, run.num_rows)
+                progress(block.rows_done, run.num_rows)
+        ledger.close()
         aum = acc.aum()
         order = sort_values(universe, aum)
         table = pl.DataFrame(
@@ -229,7 +252,7 @@ def _compute(
                 "sample_id": universe[order],
                 "aum": aum[order],
                 "num_measurements": acc.counts[order],
-                "target": stats.labels[order],
+                "target": ledger.labels[order],
             }
         )
         values_path = full_path = None
@@ -252,8 +275,8 @@ def _compute(
         id_kind=run.id_kind,
         num_samples=n,
         num_measurements=int(acc.counts.sum()),
-        duplicates_dropped=stats.duplicates_dropped,
-        nonfinite_margins=stats.nonfinite,
+        duplicates_dropped=ledger.duplicates_dropped,
+        nonfinite_margins=nonfinite,
         nonfinite_samples=int((~np.isfinite(aum)).sum()),
         temporaries=list(run.temporaries),
         threshold=run.threshold,
@@ -272,119 +295,225 @@ def _device(device: str) -> torch.device:
     return dev
 
 
+Kernel = Callable[[torch.Tensor, np.ndarray], tuple[np.ndarray, Margins | None]]
+
+
+def _kernel(device: torch.device, fields: bool) -> Kernel:
+    """The margin kernel for a block: ``(logits, targets) -> (margin, fields)``.
+
+    ``margin`` is ``float64`` on the host; ``fields`` are all of :class:`Margins` (what the full
+    records need) or ``None`` when not asked for. The logits block is used as scratch.
+    """
+    lean = device.type == "cpu" and not fields
+
+    def kernel(logits: torch.Tensor, targets: np.ndarray) -> tuple[np.ndarray, Margins | None]:
+        if lean and logits.dtype in NUMPY_DTYPES:
+            return margin_values(logits.numpy(), targets), None
+        on_device = logits.to(device, non_blocking=True)
+        labels = torch.from_numpy(targets).to(device, non_blocking=True)
+        m = margins(on_device, labels, inplace=True, with_index=fields)
+        return m.margin.cpu().numpy(), m if fields else None
+
+    return kernel
+
+
 @dataclass
 class _Block:
-    shard: ShardInfo
-    start: int
-    logits: torch.Tensor
+    """One block of rows, read and put through the margin kernel by a worker."""
+
     targets: np.ndarray
+    """Label of every row."""
     index: np.ndarray
+    """Dense sample index of every row."""
+    margin: np.ndarray
+    """Margin of every row (``float64``)."""
+    fields: Margins | None
+    """Every output of the kernel, when the full records need them."""
     new_epoch: bool
+    """The first block of an epoch (but the first epoch)."""
+    rows_done: int
+    """Rows read so far, this block included."""
 
 
-@dataclass
-class _Stats:
-    rows_read: int = 0
-    duplicates_dropped: int = 0
-    nonfinite: int = 0
-    seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+class _Ledger:
+    """The id side of the replay, kept in measurement order.
 
-
-def _stream(run: Run, ids: IdIndex, block_bytes: int) -> Iterator[_Block]:
-    """Blocks of every selected shard in measurement order; the next block is read ahead.
-
-    Blocks are whole HDF5 chunks, read into a small ring of reused buffers: the reader thread
-    fills one while the caller computes on another.
+    It decides which rows count (with ``duplicates="first"``, the first row of a sample in each
+    epoch), counts the rows dropped, keeps the label of each sample's last counted row and, when
+    given ``counts``, the number of counted rows of each sample.
     """
-    disk_dtype = STORED_DTYPES[run.shards[0].stored_dtype][0]
-    row_bytes = run.num_classes * disk_dtype.itemsize
-    plan = []
-    for shard in run.shards:
-        chunk = shard.chunk_rows or max(1, block_bytes // row_bytes)
-        if chunk * row_bytes <= block_bytes:  # whole chunks per block
-            block_rows = chunk * (block_bytes // (chunk * row_bytes))
-        else:  # equal slices of a chunk: small blocks stay in the CPU cache
-            block_rows = -(-chunk // -(-chunk * row_bytes // block_bytes))
-        plan += [(shard, start, stop) for start, stop in _ranges(shard.num_rows, block_rows)]
-    longest = max((stop - start for _, start, stop in plan), default=0)
-    ring = [np.empty((longest, run.num_classes), dtype=disk_dtype) for _ in range(RING)]
-    readers: dict[Path, ShardReader] = {}
 
-    def read(i: int) -> _Block:
+    def __init__(
+        self, n: int, duplicates: Duplicates, counts: np.ndarray | None, *, clean: bool
+    ) -> None:
+        self.labels = np.full(n, -1, dtype=np.int64)
+        self.duplicates_dropped = 0
+        # clean: no epoch holds an id twice (see scan_ids), so there is nothing to drop.
+        self._first_only = duplicates == "first" and not clean
+        self._counts = counts
+        # Every row gets a ticket (its position in the stream); a sample's mark is the ticket of
+        # its last counted row, so "counted this epoch" is mark >= the epoch's first ticket.
+        self._mark = np.full(n, -1, dtype=np.int64)
+        self._ticket = 0
+        self._epoch_start = 0
+
+    def admit(self, index: np.ndarray, targets: np.ndarray, new_epoch: bool) -> np.ndarray | None:
+        """Record one block; return the positions of its rows that count (``None``: all)."""
+        if new_epoch:
+            self._end_epoch()
+        keep = self._first_rows(index) if self._first_only else None
+        if keep is not None:
+            index, targets = index[keep], targets[keep]
+        self.labels[index] = targets
+        if self._counts is not None and not self._first_only:
+            np.add.at(self._counts, index, 1)
+        return keep
+
+    def close(self) -> None:
+        """Call after the last block."""
+        self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        if self._counts is not None and self._first_only and self._ticket > self._epoch_start:
+            # One pass over N instead of a scatter per row: each sample counts once an epoch.
+            self._counts += self._mark >= self._epoch_start
+        self._epoch_start = self._ticket
+
+    def _first_rows(self, index: np.ndarray) -> np.ndarray | None:
+        rows = len(index)
+        tickets = np.arange(self._ticket, self._ticket + rows)
+        self._ticket += rows
+        earlier = self._mark[index]
+        self._mark[index] = tickets
+        # A repeated index keeps one ticket, so at most one of its rows reads its own back.
+        unique = bool((self._mark[index] == tickets).all())
+        if unique and (not rows or int(earlier.max()) < self._epoch_start):
+            return None  # the common case: no sample seen before in this epoch
+        fresh = earlier < self._epoch_start
+        if not unique:
+            fresh &= occurrence_rank(index) == 0
+        keep = np.flatnonzero(fresh)
+        self.duplicates_dropped += rows - len(keep)
+        return keep
+
+
+def _stream(
+    run: Run,
+    ids: IdIndex,
+    kernel: Kernel,
+    block_bytes: int,
+    workers: int,
+) -> Iterator[_Block]:
+    """Blocks of every selected shard, through the margin kernel, in measurement order.
+
+    ``workers`` threads each read a block into a buffer of their own and compute its margins
+    while the block is still in that core's cache; the caller gets the blocks back in order.
+    Reads (``preadv``) and the kernel release the GIL, so the workers run side by side.
+    """
+    plan = _plan(run, block_bytes)
+    longest = max((stop - start for _, start, stop in plan), default=0)
+    local = threading.local()
+    opened: list[ShardReader] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> _Block:
         shard, start, stop = plan[i]
-        reader = readers.get(shard.path)
-        if reader is None:
-            for old in readers.values():
-                old.close()
-            readers.clear()
-            reader = readers[shard.path] = ShardReader(shard.path, info=shard)
-        logits, targets = reader.read_block(start, stop, out=ring[i % RING])
+        state = local.__dict__
+        buffer = state.get(shard.stored_dtype)  # one per stored dtype (a run may change it)
+        if buffer is None:
+            disk_dtype = STORED_DTYPES[shard.stored_dtype][0]
+            buffer = state[shard.stored_dtype] = np.empty((longest, run.num_classes), disk_dtype)
+        reader: ShardReader | None = state.get("reader")
+        if reader is None or reader.info is not shard:
+            if reader is not None:
+                reader.close()
+            reader = state["reader"] = ShardReader(shard.path, info=shard)
+            with lock:
+                opened.append(reader)
+        logits, targets = reader.read_block(start, stop, out=buffer)
         check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")
         index = ids(reader.read_ids(start, stop))
-        new_epoch = i == 0 or plan[i - 1][0].epoch != shard.epoch
-        return _Block(shard, start, logits, targets, index, new_epoch)
+        new_epoch = i > 0 and plan[i - 1][0].epoch != shard.epoch
+        return _Block(targets, index, *kernel(logits, targets), new_epoch, plan_rows[i])
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-read") as pool:
-        # One block ahead: the reader fills ring[i + 1] while the caller computes on ring[i].
-        pending: Future[_Block] | None = pool.submit(read, 0) if plan else None
+    plan_rows = np.cumsum([stop - start for _, start, stop in plan]).tolist()
+    if workers == 0:
         try:
-            for i in range(len(plan)):
-                assert pending is not None
-                block = pending.result()
-                pending = pool.submit(read, i + 1) if i + 1 < len(plan) else None
-                yield block
+            yield from (work(i) for i in range(len(plan)))
         finally:
-            if pending is not None:
-                pending.cancel()
+            for reader in opened:
+                reader.close()
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aum-replay") as pool:
+        pending: deque[Future[_Block]] = deque()
+        submitted = 0
+        try:
+            while submitted < len(plan) or pending:
+                while submitted < len(plan) and len(pending) < 2 * workers:
+                    pending.append(pool.submit(work, submitted))
+                    submitted += 1
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            for future in pending:
                 with suppress(Exception):  # the first error is already raised
-                    pending.result()
-            for reader in readers.values():
+                    future.result()
+            for reader in opened:
                 reader.close()
 
 
-def _ranges(n: int, step: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, step):
-        yield start, min(start + step, n)
+def _plan(run: Run, block_bytes: int) -> list[tuple[ShardInfo, int, int]]:
+    """``(shard, start, stop)`` of every block, in measurement order.
+
+    Blocks are whole HDF5 chunks, or equal slices of one, of about ``block_bytes`` of logits.
+    """
+    plan = []
+    for shard in run.shards:
+        row_bytes = run.num_classes * STORED_DTYPES[shard.stored_dtype][0].itemsize
+        chunk = shard.chunk_rows or max(1, block_bytes // row_bytes)
+        if chunk * row_bytes <= block_bytes:  # whole chunks per block
+            block_rows = chunk * (block_bytes // (chunk * row_bytes))
+            plan += [(shard, a, b) for a, b in _ranges(0, shard.num_rows, block_rows)]
+        else:  # equal slices of each chunk: a block stays in the CPU cache
+            slice_rows = -(-chunk // -(-chunk * row_bytes // block_bytes))
+            for first, last in _ranges(0, shard.num_rows, chunk):
+                plan += [(shard, a, b) for a, b in _ranges(first, last, slice_rows)]
+    return plan
+
+
+def _ranges(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
+    for first in range(start, stop, step):
+        yield first, min(first + step, stop)
 
 
 def _process(
     block: _Block,
+    ledger: _Ledger,
     acc: MarginAccumulator,
-    stats: _Stats,
     spill: _Spill | None,
-    device: torch.device,
-    duplicates: Duplicates,
-    n: int,
-) -> None:
-    rows = len(block.targets)
-    stats.rows_read += rows
-    keep = None
-    index = block.index
-    if duplicates == "first":
-        if block.new_epoch or len(stats.seen) != n:
-            stats.seen = np.zeros(n, dtype=bool)
-        fresh = ~stats.seen[index]
-        if not acc.all_unique(index):
-            fresh &= occurrence_rank(index) == 0
-        if not fresh.all():
-            keep = np.flatnonzero(fresh)
-            stats.duplicates_dropped += rows - len(keep)
-            index = index[keep]
-        stats.seen[index] = True
-    stats.labels[index] = block.targets if keep is None else block.targets[keep]
-    logits = block.logits.to(device, non_blocking=True)
-    targets = torch.from_numpy(block.targets).to(device, non_blocking=True)
-    if keep is not None:
-        keep_t = torch.from_numpy(keep).to(device)
-        logits, targets = logits[keep_t], targets[keep_t]
-    m = margins(logits, targets, inplace=True, with_index=spill is not None)
-    margin = m.margin.cpu().numpy()
-    stats.nonfinite += int((~np.isfinite(margin)).sum())
-    result = acc.update(index, margin, running=spill is not None, unique=duplicates == "first")
-    if spill is not None and result is not None:
-        targets_kept = block.targets if keep is None else block.targets[keep]
-        spill.add(make_records(index, targets_kept, m, margin, *result))
+    *,
+    unique: bool,
+) -> int:
+    """One block's margins into the accumulator (and the spill); returns the non-finite count."""
+    keep = ledger.admit(block.index, block.targets, block.new_epoch)
+    index, targets, margin, m = block.index, block.targets, block.margin, block.fields
+    if keep is not None:  # dropped rows are a rare few: the kernel saw them, we drop them here
+        index, targets, margin = index[keep], targets[keep], margin[keep]
+        if m is not None:
+            keep_t = torch.from_numpy(keep).to(m.margin.device)
+            other = None if m.other_logit is None else m.other_logit[keep_t]
+            m = Margins(m.target_val[keep_t], other, m.other_val[keep_t], m.margin[keep_t])
+    total = float(margin.sum())  # one pass; a finite sum means every margin is finite
+    nonfinite = 0 if np.isfinite(total) else int((~np.isfinite(margin)).sum())
+    if spill is None:
+        acc.add(index, margin)  # the counts are the ledger's
+    else:
+        assert m is not None, "full records need every field of the kernel"
+        result = acc.update(index, margin, running=True, unique=unique)
+        assert result is not None  # running=True always returns the running values
+        spill.add(make_records(index, targets, m, margin, *result))
+    return nonfinite
 
 
 def write_records(csv: AtomicCsv, parts: Iterable[np.ndarray], ids: np.ndarray) -> None:

@@ -456,3 +456,65 @@ def test_random_streams_match_reference(case: tuple[list[Batch], str], duplicate
         replay_and_compare(
             Path(tmp), stream, id_kind=kind, duplicates=duplicates, dedupe=duplicates == "first"
         )
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+@pytest.mark.parametrize("pad", [0, 2])
+def test_workers_and_block_sizes_change_nothing(tmp_path: Path, workers: int, pad: int) -> None:
+    # pad=2: DDP padding, so the ledger drops rows; pad=0: a clean run, counted from the id scan.
+    stream = make_stream(list(range(61)), epochs=3, world_size=2, pad=pad, seed=18)
+    for block_bytes in (1, 200, 2 << 20):
+        result = replay_and_compare(
+            tmp_path / f"b{block_bytes}",
+            stream,
+            dedupe=True,
+            workers=workers,
+            block_bytes=block_bytes,
+        )
+        assert result.duplicates_dropped == 3 * pad
+
+
+def test_a_run_that_changes_its_stored_dtype_replays_each_epoch_in_its_own(tmp_path: Path) -> None:
+    ids = list(range(40))
+    stream = []
+    for epoch, dtype in enumerate([torch.float32, torch.float64, torch.float16, torch.bfloat16]):
+        part = make_stream(ids, epochs=1, dtype=dtype, seed=19 + epoch)
+        stream += [replace(b, epoch=epoch) for b in part]
+    write_run(tmp_path / "run", stream)
+    for full in (True, False):
+        out = tmp_path / f"ours-{full}"
+        compute(tmp_path / "run", out, full=full, block_bytes=100)
+        ref = run_reference(stream, tmp_path / f"ref-{full}", compressed=not full)
+        assert_same_as_reference(out, ref, "int", full=full)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize(("pad", "duplicates"), [(0, "first"), (3, "first"), (3, "all")])
+def test_values_only_matches_the_compressed_reference(
+    tmp_path: Path, dtype: torch.dtype, pad: int, duplicates: str
+) -> None:
+    # Values only takes its own paths: a leaner kernel, and counts from the id scan (clean runs)
+    # or from the ledger (padding).
+    stream = make_stream(list(range(37)), epochs=3, world_size=2, pad=pad, dtype=dtype, seed=23)
+    write_run(tmp_path / "run", stream)
+    ref = run_reference(stream, tmp_path / "ref", dedupe=duplicates == "first", compressed=True)
+    result = compute(tmp_path / "run", tmp_path / "ours", full=False, duplicates=duplicates)  # type: ignore[arg-type]
+    assert_same_as_reference(tmp_path / "ours", ref, "int", full=False)
+    expected = 3 * 37 + (3 * pad if duplicates == "all" else 0)
+    assert result.num_measurements == expected == int(result.aum["num_measurements"].sum())
+
+
+@settings(max_examples=12)
+@given(random_streams(), st.sampled_from(["first", "all"]), st.sampled_from([0, 1, 2]))
+def test_random_streams_values_only_match_reference(
+    case: tuple[list[Batch], str], duplicates: str, workers: int
+) -> None:
+    stream, kind = case
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        write_run(run_dir, stream)
+        dedupe = duplicates == "first"
+        ref = run_reference(stream, Path(tmp) / "ref", dedupe=dedupe, compressed=True)
+        out = Path(tmp) / "ours"
+        compute(run_dir, out, full=False, duplicates=duplicates, workers=workers, block_bytes=1)  # type: ignore[arg-type]
+        assert_same_as_reference(out, ref, kind, full=False)
