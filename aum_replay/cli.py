@@ -113,6 +113,17 @@ Threads = Annotated[
         help="Torch threads. 1 is fastest on shared machines; more helps only on idle cores.",
     ),
 ]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=0,
+        help=(
+            "Threads that read blocks and compute their margins side by side (0: all in the "
+            "main thread). More than the machine's cores gains nothing."
+        ),
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")]
 
 
@@ -174,6 +185,7 @@ def compute(
     duplicates: Duplicates = DuplicatesMode.first,
     device: Device = "cpu",
     threads: Threads = 1,
+    workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
     """Replay a recorded run into aum_values.csv and full_aum_records.csv.
@@ -193,6 +205,7 @@ def compute(
             duplicates=duplicates.value,
             device=device,
             threads=threads,
+            workers=workers,
             progress=progress,
         )
     if quiet:
@@ -346,6 +359,7 @@ def flag_command(
     duplicates: Duplicates = DuplicatesMode.first,
     device: Device = "cpu",
     threads: Threads = 1,
+    workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
     """Flag mislabeled samples: AUM at or below the threshold samples' alpha.
@@ -371,6 +385,7 @@ def flag_command(
                 duplicates=duplicates.value,
                 device=device,
                 threads=threads,
+                workers=workers,
                 progress=progress,
             )
     except MissingThresholdError as exc:

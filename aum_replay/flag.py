@@ -141,6 +141,7 @@ def flag(
     duplicates: Literal["first", "all"] = "first",
     device: str = "cpu",
     threads: int | None = 1,
+    workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> FlagResult:
     """Flag the samples whose AUM is at or below the threshold samples' alpha, over several runs.
@@ -163,7 +164,7 @@ def flag(
     fraction
         In ``[0, 1]``: in each run, flag the lowest-AUM ``fraction`` of the scored samples.
         Exclusive with ``alpha``.
-    duplicates, device, threads
+    duplicates, device, threads, workers
         Passed to :func:`aum_replay.compute`.
     progress
         Called as ``progress(rows_done, rows_total)`` over all runs.
@@ -227,6 +228,7 @@ def flag(
                 duplicates=duplicates,
                 device=device,
                 threads=threads,
+                workers=workers,
                 progress=report,
             )
         )

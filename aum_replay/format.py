@@ -20,6 +20,7 @@ knows dataset names or attribute keys.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -328,12 +329,21 @@ def _attr(fid: h5py.h5f.FileID, key: str, path: Path) -> Any:
     kind = _ATTR_TYPES.get(key, str)
     if attr.shape != ():  # HDF5 would write every element into the one-value buffer
         raise FormatError(f"{path}: attribute {key!r} is not a single value")
-    buffer = np.empty((), dtype=_INT64 if kind is int else STR_DTYPE)
+    stored = attr.get_type()
+    # Read only into a buffer the stored type converts to safely: a failed conversion into an
+    # object buffer can leave a stray pointer there, which numpy would later free.
+    if kind is int and stored.get_class() == h5py.h5t.INTEGER:
+        buffer = np.empty((), dtype=_INT64)
+    elif kind is str and stored.get_class() == h5py.h5t.STRING:
+        size = stored.get_size()
+        buffer = np.empty((), dtype=STR_DTYPE if stored.is_variable_str() else f"S{size}")
+    else:
+        what = "an integer" if kind is int else "a string"
+        raise FormatError(f"{path}: attribute {key!r} is not {what}")
     try:
         attr.read(buffer)
-    except (OSError, TypeError, ValueError):
-        what = "an integer" if kind is int else "a string"
-        raise FormatError(f"{path}: attribute {key!r} is not {what}") from None
+    except (OSError, TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: attribute {key!r} cannot be read ({exc})") from None
     value = buffer[()]
     if kind is int:
         return int(value)
@@ -449,7 +459,7 @@ def _chunk_map(
     if tuple(chunk[1:]) != tuple(shape[1:]):
         return None  # a chunk is not whole rows
     chunk_rows = int(chunk[0])
-    row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    row_bytes = dtype.itemsize * math.prod(shape[1:])
     offsets = [-1] * -(-shape[0] // chunk_rows)
 
     def place(first_row: int, byte_offset: int | None, filter_mask: int) -> None:

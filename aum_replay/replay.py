@@ -563,6 +563,12 @@ def _host(values: torch.Tensor) -> np.ndarray:
     return values.detach().cpu().numpy()
 
 
+def _words(records: np.ndarray) -> np.ndarray:
+    """A (n, 8) ``int64`` view of :data:`RECORD_DTYPE` records: numpy moves rows of plain words
+    ~3x faster than structured records when gathering or scattering them."""
+    return records.view(np.int64).reshape(len(records), RECORD_DTYPE.itemsize // 8)
+
+
 class _Spill:
     """Full records bucketed by sample index: in memory when they fit, else in scratch files.
 
@@ -605,7 +611,7 @@ class _Spill:
         bucket = (records["index"] * self.buckets // self.n).astype(np.int16)
         order = np.argsort(bucket, kind="stable")  # a radix sort for 16-bit keys
         bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
-        ordered = records[order]
+        ordered = _words(records)[order]  # rows of 8 words: ~3x faster than the struct
         for b in range(self.buckets):
             lo, hi = bounds[b], bounds[b + 1]
             if hi > lo:
@@ -638,6 +644,7 @@ class _Spill:
             start = np.zeros(hi_index - lo_index + 1, dtype=np.int64)
             np.cumsum(counts[lo_index:hi_index], out=start[1:])
             ordered = np.empty_like(records)
-            ordered[start[records["index"] - lo_index] + records["num_measurements"] - 1] = records
+            place = start[records["index"] - lo_index] + records["num_measurements"] - 1
+            _words(ordered)[place] = _words(records)
             for lo in range(0, len(ordered), WRITE_ROWS):
                 yield ordered[lo : lo + WRITE_ROWS]

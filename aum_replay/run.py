@@ -154,15 +154,16 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
     epoch holds an id twice.
 
     Dense integer ids (the common case) cost one scatter per row: each id's slot in a table over
-    ``[low, high]`` is stamped with the epoch it was last seen in, and an epoch whose distinct
-    stamps are fewer than its rows held an id twice.
+    ``[low, high]`` (widened as later shards need, while it stays within a few times the rows
+    read) is stamped with the epoch it was last seen in, and an epoch whose distinct stamps are
+    fewer than its rows held an id twice.
     """
     uniques: list[np.ndarray] = []
     stamp: np.ndarray | None = None  # int ids: last epoch ordinal seen, over [low, low + len)
     appearances: np.ndarray | None = None
     low = 0
     clean = True
-    epoch_rows = ordinal = 0
+    epoch_rows = ordinal = rows_seen = 0
     for k, info in enumerate(shards):
         ids = read_all_ids(info)
         if len(ids) and id_kind == "str":
@@ -170,9 +171,21 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
             uniques.append(_sorted_unique(ids.astype(np.str_)))
         elif len(ids):
             lo, hi = int(ids.min()), int(ids.max())
-            if stamp is None and not uniques and hi - lo < 4 * len(ids) + 4096:
+            rows_seen += len(ids)
+            if stamp is None and not uniques and hi - lo < 4 * rows_seen + 4096:
                 stamp, low = np.full(hi - lo + 1, -1, dtype=np.int32), lo
                 appearances = np.zeros(len(stamp), dtype=np.int64)
+            elif stamp is not None and (lo < low or hi >= low + len(stamp)):
+                first, last = min(lo, low), max(hi, low + len(stamp) - 1)
+                if last - first < 4 * rows_seen + 4096:  # still compact: widen the table
+                    at = low - first
+                    wider = np.full(last - first + 1, -1, dtype=np.int32)
+                    wider[at : at + len(stamp)] = stamp
+                    if appearances is not None:
+                        more = np.zeros(len(wider), dtype=np.int64)
+                        more[at : at + len(stamp)] = appearances
+                        appearances = more
+                    stamp, low = wider, first
             if stamp is not None and lo >= low and hi < low + len(stamp):
                 stamp[ids - low] = ordinal  # O(rows), no sort: the common dense-id case
                 epoch_rows += len(ids)

@@ -65,7 +65,7 @@ def test_options_reach_the_library(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, stdout, stderr = invoke(
         "compute", run_dir, "-o", out, "--epochs", "skip:1", "--values-only", "--quiet",
-        "--threads", "2", "--duplicates", "all", "--device", "cpu",
+        "--threads", "2", "--duplicates", "all", "--device", "cpu", "--workers", "0",
     )  # fmt: skip
     assert code == 0, stdout + stderr
     assert stdout == ""  # --quiet
@@ -203,7 +203,9 @@ def test_bad_epochs_is_usage_error(run_dir: Path, tmp_path: Path, spec: str) -> 
 
 
 @pytest.mark.parametrize(
-    "args", [["--duplicates", "some"], ["--threads", "0"], ["--bogus"], ["-o"]], ids=str
+    "args",
+    [["--duplicates", "some"], ["--threads", "0"], ["--workers", "-1"], ["--bogus"], ["-o"]],
+    ids=str,
 )
 def test_bad_usage_exits_2(run_dir: Path, tmp_path: Path, args: list[str]) -> None:
     out = tmp_path / "out"

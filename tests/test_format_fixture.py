@@ -208,3 +208,11 @@ def test_uncompressed_shards_are_read_without_hdf5_and_compressed_ones_through_i
         )
         assert torch.equal(blocks[compression][0], logits)
         assert np.array_equal(blocks[compression][1], targets) and np.array_equal(read_ids, ids)
+
+
+def test_a_fixed_length_string_attribute_is_read_as_a_string(tmp_path: Path) -> None:
+    path = copy_shard(tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["created_utc"]
+        f.attrs["created_utc"] = np.bytes_("2025-01-01T00:00:00+00:00")
+    assert read_info(path).created_utc == "2025-01-01T00:00:00+00:00"

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aum_replay.replay as replay_module
-from aum_replay import LogitLogger, compute
+from aum_replay import InputError, LogitLogger, compute
 from aum_replay.csvout import FULL_NAME, VALUES_NAME
 
 Id = int | str
@@ -518,3 +518,10 @@ def test_random_streams_values_only_match_reference(
         out = Path(tmp) / "ours"
         compute(run_dir, out, full=False, duplicates=duplicates, workers=workers, block_bytes=1)  # type: ignore[arg-type]
         assert_same_as_reference(out, ref, kind, full=False)
+
+
+def test_a_negative_number_of_workers_is_refused(tmp_path: Path) -> None:
+    write_run(tmp_path / "run", make_stream(list(range(6)), epochs=1))
+    with pytest.raises(InputError, match="workers must be 0 or more, not -1"):
+        compute(tmp_path / "run", tmp_path / "out", workers=-1)
+    assert not (tmp_path / "out").exists()

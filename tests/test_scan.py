@@ -84,6 +84,17 @@ def test_scan_ids_matches_brute_force(
         assert not clean or kind != "dense"  # dense ids always get the cheap check
 
 
+def test_the_id_table_widens_for_later_shards_with_lower_and_higher_ids(tmp_path: Path) -> None:
+    # The first shard spans 40..49 only; later epochs reach below and above it.
+    write(tmp_path, [[list(range(40, 50))], [list(range(0, 45))], [list(range(45, 120))]], "dense")
+    run = open_run(tmp_path)
+    scan = scan_ids(run.shards, run.id_kind)
+    assert scan.universe.tolist() == list(range(120))
+    assert scan.appearances is not None
+    expected = [1] * 40 + [2] * 10 + [1] * 70
+    assert scan.appearances.tolist() == expected
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=40, unique=True),
