@@ -241,7 +241,7 @@ def _compute(
         ids = IdIndex(universe, run.id_kind)
         kernel = _kernel(device, keep_records)
         for block in _stream(run, ids, kernel, block_bytes, workers):
-            nonfinite += _process(block, ledger, acc, spill, unique=duplicates == "first")
+            nonfinite += _process(block, ledger, acc, spill)
             if progress is not None:
                 progress(block.rows_done, run.num_rows)
         ledger.close()
@@ -329,6 +329,8 @@ class _Block:
     """Margin of every row (``float64``)."""
     fields: Margins | None
     """Every output of the kernel, when the full records need them."""
+    all_finite: bool
+    """Every margin of the block is finite."""
     new_epoch: bool
     """The first block of an epoch (but the first epoch)."""
     rows_done: int
@@ -350,6 +352,8 @@ class _Ledger:
         self.duplicates_dropped = 0
         # clean: no epoch holds an id twice (see scan_ids), so there is nothing to drop.
         self._first_only = duplicates == "first" and not clean
+        self.unique_rows = duplicates == "first" or clean
+        """No sample index repeats among the rows admitted from one block."""
         self._counts = counts
         # Every row gets a ticket (its position in the stream); a sample's mark is the ticket of
         # its last counted row, so "counted this epoch" is mark >= the epoch's first ticket.
@@ -434,7 +438,9 @@ def _stream(
         check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")
         index = ids(reader.read_ids(start, stop))
         new_epoch = i > 0 and plan[i - 1][0].epoch != shard.epoch
-        return _Block(targets, index, *kernel(logits, targets), new_epoch, plan_rows[i])
+        margin, fields = kernel(logits, targets)
+        finite = bool(np.isfinite(margin.sum()))  # one pass, here rather than on the caller
+        return _Block(targets, index, margin, fields, finite, new_epoch, plan_rows[i])
 
     plan_rows = np.cumsum([stop - start for _, start, stop in plan]).tolist()
     if workers == 0:
@@ -492,8 +498,6 @@ def _process(
     ledger: _Ledger,
     acc: MarginAccumulator,
     spill: _Spill | None,
-    *,
-    unique: bool,
 ) -> int:
     """One block's margins into the accumulator (and the spill); returns the non-finite count."""
     keep = ledger.admit(block.index, block.targets, block.new_epoch)
@@ -504,10 +508,10 @@ def _process(
             keep_t = torch.from_numpy(keep).to(m.margin.device)
             other = None if m.other_logit is None else m.other_logit[keep_t]
             m = Margins(m.target_val[keep_t], other, m.other_val[keep_t], m.margin[keep_t])
-    total = float(margin.sum())  # one pass; a finite sum means every margin is finite
-    nonfinite = 0 if np.isfinite(total) else int((~np.isfinite(margin)).sum())
+    nonfinite = 0 if block.all_finite else int((~np.isfinite(margin)).sum())
+    unique = ledger.unique_rows
     if spill is None:
-        acc.add(index, margin)  # the counts are the ledger's
+        acc.add(index, margin, unique=unique)  # the counts are the ledger's
     else:
         assert m is not None, "full records need every field of the kernel"
         result = acc.update(index, margin, running=True, unique=unique)
