@@ -1,10 +1,11 @@
 """The replay: run dir -> shard blocks -> margin kernel -> accumulator -> CSV files.
 
-:func:`compute` is the library entry point that ``aum-replay compute`` wraps. It streams every
-selected shard in blocks (the next block is read on a helper thread while the current one is
-computed), so memory is bounded by a few blocks plus O(number of samples), whatever the number of
-epochs. Full records are spilled to scratch files bucketed by sample, then sorted one bucket at a
-time, so a 10M-row ``full_aum_records.csv`` never sits in memory.
+:func:`compute` is the library entry point that ``aum-replay compute`` wraps. It validates every
+selected shard, scans the sample ids once, then streams the shards in blocks: worker threads read
+a block each and compute its margins, and the caller adds them up in measurement order. Memory is
+bounded by a block per worker plus O(number of samples), whatever the number of epochs. Full
+records are spilled to scratch files bucketed by sample, then sorted one bucket at a time, so a
+10M-row ``full_aum_records.csv`` never sits in memory.
 """
 
 from __future__ import annotations
