@@ -407,10 +407,12 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
         if not shape or rows != num_rows:
             raise FormatError(f"{path}: dataset {ds_name!r} has {rows} rows, expected {num_rows}")
         plist = dataset.get_create_plist()
-        chunked = plist.get_layout() == h5py.h5d.CHUNKED
+        if plist.get_layout() != h5py.h5d.CHUNKED:
+            continue  # readable, through HDF5 (aum-replay writes chunked datasets)
+        chunk = plist.get_chunk()
         if ds_name == LOGITS:
-            chunk_rows = int(plist.get_chunk()[0]) if chunked else 0
-        chunks = _chunk_map(dataset, plist, disk_dtype) if chunked and disk_dtype else None
+            chunk_rows = int(chunk[0])
+        chunks = _chunk_map(dataset, plist, shape, chunk, disk_dtype) if disk_dtype else None
         if chunks is not None:
             raw[ds_name] = chunks
     if len(shapes[LOGITS]) != 2 or shapes[LOGITS][1] != num_classes:
@@ -442,38 +444,40 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
 
 
 def _chunk_map(
-    dataset: h5py.h5d.DatasetID, plist: h5py.h5p.PropDCID, dtype: np.dtype[Any]
+    dataset: h5py.h5d.DatasetID,
+    plist: h5py.h5p.PropDCID,
+    shape: tuple[int, ...],
+    chunk: tuple[int, ...],
+    dtype: np.dtype[Any],
 ) -> ChunkMap | None:
     """The :class:`ChunkMap` of a chunked dataset, or ``None`` if it must be read through HDF5
-    (filtered or compressed, another dtype or byte order, a chunk not written)."""
+    (filtered or compressed, another dtype or byte order, a chunk not written or of a size
+    that whole rows do not make)."""
     if (
         dataset.dtype != dtype
         or dtype.byteorder not in ("<", "=", "|")
         or sys.byteorder != "little"
         or not hasattr(os, "preadv")
         or plist.get_nfilters()
+        or tuple(chunk[1:]) != tuple(shape[1:])  # a chunk is not whole rows
     ):
         return None
-    shape = dataset.shape
-    chunk = plist.get_chunk()
-    if tuple(chunk[1:]) != tuple(shape[1:]):
-        return None  # a chunk is not whole rows
     chunk_rows = int(chunk[0])
     row_bytes = dtype.itemsize * math.prod(shape[1:])
     offsets = [-1] * -(-shape[0] // chunk_rows)
 
-    def place(first_row: int, byte_offset: int | None, filter_mask: int) -> None:
+    def place(first_row: int, info: Any) -> None:
         k, within = divmod(first_row, chunk_rows)
-        if byte_offset is not None and not filter_mask and not within and k < len(offsets):
-            offsets[k] = int(byte_offset)
+        whole = info.size == chunk_rows * row_bytes and not info.filter_mask
+        if info.byte_offset is not None and whole and not within and k < len(offsets):
+            offsets[k] = int(info.byte_offset)
 
     try:  # one HDF5 call for all chunks (HDF5 >= 1.12.3); else one per chunk
-        dataset.chunk_iter(lambda c: place(c.chunk_offset[0], c.byte_offset, c.filter_mask))
+        dataset.chunk_iter(lambda info: place(info.chunk_offset[0], info))
     except (AttributeError, NotImplementedError, RuntimeError):
         tail = (0,) * (len(shape) - 1)
         for k in range(len(offsets)):
-            c = dataset.get_chunk_info_by_coord((k * chunk_rows, *tail))
-            place(k * chunk_rows, c.byte_offset, c.filter_mask)
+            place(k * chunk_rows, dataset.get_chunk_info_by_coord((k * chunk_rows, *tail)))
     if -1 in offsets:
         return None
     return ChunkMap(chunk_rows, row_bytes, tuple(offsets))

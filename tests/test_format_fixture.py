@@ -216,3 +216,34 @@ def test_a_fixed_length_string_attribute_is_read_as_a_string(tmp_path: Path) -> 
         del f.attrs["created_utc"]
         f.attrs["created_utc"] = np.bytes_("2025-01-01T00:00:00+00:00")
     assert read_info(path).created_utc == "2025-01-01T00:00:00+00:00"
+
+
+def test_chunk_maps_without_chunk_iter_match_those_with_it(tmp_path: Path) -> None:
+    # h5py built against HDF5 < 1.12.3 has no chunk_iter: chunks are then found one by one.
+    from aum_replay.format import _chunk_map
+
+    class Older:
+        def __init__(self, dataset: h5py.h5d.DatasetID) -> None:
+            self._dataset = dataset
+
+        def __getattr__(self, name: str) -> object:
+            if name == "chunk_iter":
+                raise AttributeError(name)
+            return getattr(self._dataset, name)
+
+    run = tmp_path / "run"
+    with aum_replay.LogitLogger(run, chunk_bytes=1024) as logger:
+        logger.log(torch.randn(70, 4), np.zeros(70, dtype=np.int64), np.arange(70), epoch=0)
+    path = list_shards(run)[0][2]
+    fid = h5py.h5f.open(bytes(path))
+    try:
+        for name in ("logits", "targets", "sample_ids"):
+            dataset = h5py.h5d.open(fid, name.encode())
+            plist = dataset.get_create_plist()
+            args = (plist, dataset.shape, plist.get_chunk(), dataset.dtype)
+            new = _chunk_map(dataset, *args)
+            old = _chunk_map(Older(dataset), *args)  # type: ignore[arg-type]
+            assert new is not None and new == old and len(new.offsets) > 1
+            assert new == read_info(path).raw[name]
+    finally:
+        fid.close()
