@@ -98,8 +98,9 @@ class MarginAccumulator:
             If True, return ``(num_measurements, aum)`` after each row, both of shape (B,):
             the count and running mean of that row's sample, as the full records need.
         unique
-            The caller guarantees that no index repeats (skips the check that ``running``
-            needs; without it, margins are added with ``np.add.at``, in row order).
+            With ``running``: the caller guarantees that no index repeats (skips the check).
+            Without ``running`` it is not needed: margins are added with ``np.add.at``, which
+            adds a repeated index's margins in row order.
         """
         if not running:  # add.at adds a repeated index's margins in row order: exact
             self.add(index, margin)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from aum_replay._version import __version__
-from aum_replay.errors import FormatError
+from aum_replay.errors import FormatError, InputError
 
 __all__ = [
     "FORMAT_NAME",
@@ -154,6 +154,9 @@ class ShardInfo:
     """Rows per HDF5 chunk of the logits (0 if not chunked); blocks aligned to it read fastest."""
     raw: dict[str, ChunkMap] = field(default_factory=dict, repr=False, compare=False)
     """Datasets whose chunks can be read straight from the file (see :class:`ChunkMap`)."""
+    identity: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    """Device, inode, size and mtime of the file that was validated: a reader refuses a file
+    replaced since (a resumed run republishes shards), whose chunks may lie elsewhere."""
 
     @property
     def nbytes(self) -> int:
@@ -322,13 +325,25 @@ def _attr(fid: h5py.h5f.FileID, key: str, path: Path) -> Any:
     Read through HDF5's low-level API into a buffer of the expected type: ~3x cheaper than
     ``f.attrs[key]``, which matters when a replay validates thousands of shards.
     """
+    value, problem = _read_attr(fid, key)
+    if problem:  # raised here, where no HDF5 object is held (see _read_attr)
+        raise FormatError(f"{path}: {problem}")
+    return value
+
+
+def _read_attr(fid: h5py.h5f.FileID, key: str) -> tuple[Any, str | None]:
+    """``(value, None)``, or ``(None, what is wrong)``.
+
+    Returns rather than raises: an exception's traceback would keep this frame, so the open
+    attribute, so the file, alive for as long as the caller keeps the error.
+    """
     name = key.encode()
     if not h5py.h5a.exists(fid, name):
-        raise FormatError(f"{path}: not an aum-replay shard (attribute {key!r} missing)")
+        return None, f"not an aum-replay shard (attribute {key!r} missing)"
     attr = h5py.h5a.open(fid, name)
     kind = _ATTR_TYPES.get(key, str)
     if attr.shape != ():  # HDF5 would write every element into the one-value buffer
-        raise FormatError(f"{path}: attribute {key!r} is not a single value")
+        return None, f"attribute {key!r} is not a single value"
     stored = attr.get_type()
     # Read only into a buffer the stored type converts to safely: a failed conversion into an
     # object buffer can leave a stray pointer there, which numpy would later free.
@@ -338,16 +353,19 @@ def _attr(fid: h5py.h5f.FileID, key: str, path: Path) -> Any:
         size = stored.get_size()
         buffer = np.empty((), dtype=STR_DTYPE if stored.is_variable_str() else f"S{size}")
     else:
-        what = "an integer" if kind is int else "a string"
-        raise FormatError(f"{path}: attribute {key!r} is not {what}")
+        return None, f"attribute {key!r} is not {'an integer' if kind is int else 'a string'}"
     try:
-        attr.read(buffer)
+        if kind is str and not stored.is_variable_str():
+            attr.read(buffer, mtype=stored)  # same size, and no character-set conversion
+        else:
+            attr.read(buffer)
     except (OSError, TypeError, ValueError) as exc:
-        raise FormatError(f"{path}: attribute {key!r} cannot be read ({exc})") from None
+        return None, f"attribute {key!r} cannot be read ({exc})"
     value = buffer[()]
     if kind is int:
-        return int(value)
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+        return int(value), None
+    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+    return text, None
 
 
 def read_info(path: Path) -> ShardInfo:
@@ -360,10 +378,14 @@ def read_info(path: Path) -> ShardInfo:
         return _validate(fid, path)
     except FormatError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
         raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
     finally:
         fid.close()
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
@@ -398,21 +420,16 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
     raw: dict[str, ChunkMap] = {}
     chunk_rows = 0
     for ds_name, disk_dtype in disk_dtypes.items():
-        try:
-            dataset = h5py.h5d.open(fid, ds_name.encode())  # low-level: ~5x cheaper than f[name]
-        except KeyError:
-            raise FormatError(f"{path}: dataset {ds_name!r} missing") from None
-        shape = shapes[ds_name] = dataset.shape
+        facts, problem = _inspect_dataset(fid, ds_name, disk_dtype)
+        if problem or facts is None:  # raised here, where no HDF5 object is held
+            raise FormatError(f"{path}: {problem}")
+        shape, chunk, chunks = facts
+        shapes[ds_name] = shape
         rows = shape[0] if shape else 0
         if not shape or rows != num_rows:
             raise FormatError(f"{path}: dataset {ds_name!r} has {rows} rows, expected {num_rows}")
-        plist = dataset.get_create_plist()
-        if plist.get_layout() != h5py.h5d.CHUNKED:
-            continue  # readable, through HDF5 (aum-replay writes chunked datasets)
-        chunk = plist.get_chunk()
-        if ds_name == LOGITS:
-            chunk_rows = int(chunk[0])
-        chunks = _chunk_map(dataset, plist, shape, chunk, disk_dtype) if disk_dtype else None
+        if ds_name == LOGITS and chunk:
+            chunk_rows = chunk[0]
         if chunks is not None:
             raw[ds_name] = chunks
     if len(shapes[LOGITS]) != 2 or shapes[LOGITS][1] != num_classes:
@@ -440,7 +457,36 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
         format_version=version,
         chunk_rows=chunk_rows,
         raw=raw,
+        identity=_identity(os.fstat(fid.get_vfd_handle())),
     )
+
+
+def _inspect_dataset(
+    fid: h5py.h5f.FileID, name: str, disk_dtype: np.dtype[Any] | None
+) -> tuple[tuple[tuple[int, ...], tuple[int, ...], ChunkMap | None] | None, str | None]:
+    """``((shape, chunk shape or (), chunk map or None), None)``, or ``(None, what is wrong)``.
+
+    Returns rather than raises, like :func:`_read_attr`: a traceback holding this frame would
+    hold the open dataset, so the file.
+    """
+    try:
+        dataset = h5py.h5d.open(fid, name.encode())  # low-level: ~5x cheaper than f[name]
+    except KeyError:
+        return None, f"dataset {name!r} missing"
+    try:
+        shape = dataset.shape
+        plist = dataset.get_create_plist()
+        if plist.get_layout() != h5py.h5d.CHUNKED or not shape:
+            return (shape, (), None), None  # readable, through HDF5
+        chunk = tuple(int(c) for c in plist.get_chunk())
+        chunks = _chunk_map(dataset, plist, shape, chunk, disk_dtype) if disk_dtype else None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
+        return None, f"dataset {name!r} cannot be read ({exc})"
+    if chunks is not None and chunks.offsets:
+        end = max(chunks.offsets) + chunks.chunk_rows * chunks.row_bytes
+        if end > fid.get_filesize():
+            return None, f"truncated or corrupt: a chunk of {name!r} lies past the end of the file"
+    return (shape, chunk, chunks), None
 
 
 def _chunk_map(
@@ -515,6 +561,7 @@ class ShardReader:
         ds = self._datasets.get(name)
         if ds is None:
             if self._file is None:
+                self._check_unchanged(os.stat(self.path))
                 try:
                     self._file = h5py.File(self.path, "r", rdcc_nbytes=self._cache_bytes)
                 except (OSError, ValueError) as exc:
@@ -523,6 +570,19 @@ class ShardReader:
                     ) from None
             ds = self._datasets[name] = self._file[name]
         return ds
+
+    def _check_unchanged(self, st: os.stat_result) -> None:
+        if self.info.identity is not None and _identity(st) != self.info.identity:
+            raise FormatError(
+                f"{self.path}: the file changed since it was validated (a shard republished "
+                "by a resumed run?); run again"
+            )
+
+    def _check_rows(self, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= self.info.num_rows:
+            raise InputError(
+                f"{self.path}: rows {start}:{stop} are outside the shard's 0:{self.info.num_rows}"
+            )
 
     def __enter__(self) -> ShardReader:
         return self
@@ -542,13 +602,14 @@ class ShardReader:
     def read_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Sample ids of rows ``[start, stop)``: ``int64``, or an object array of ``str``."""
         stop = self.info.num_rows if stop is None else stop
+        self._check_rows(start, stop)
         try:
             if self.info.id_kind == "str":
                 return np.asarray(self._dataset(SAMPLE_IDS).asstr()[start:stop], dtype=object)
             return self._read(SAMPLE_IDS, start, stop, np.empty(stop - start, dtype=np.int64))
         except FormatError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
             raise FormatError(f"{self.path}: cannot read sample ids ({exc})") from None
 
     def read_block(
@@ -559,6 +620,7 @@ class ShardReader:
         ``out``, an array of at least ``n`` rows of the disk dtype and C columns, is filled and
         reused instead of allocating (fresh pages cost more than the read itself).
         """
+        self._check_rows(start, stop)
         n = stop - start
         try:
             disk = STORED_DTYPES[self.info.stored_dtype][0]
@@ -570,7 +632,7 @@ class ShardReader:
             targets = self._read(TARGETS, start, stop, np.empty(n, dtype=np.int64))
         except FormatError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
             raise FormatError(f"{self.path}: cannot read rows {start}:{stop} ({exc})") from None
         if self.info.stored_dtype == "bfloat16":
             return torch.from_numpy(logits.view(np.int16)).view(torch.bfloat16), targets
@@ -590,6 +652,7 @@ class ShardReader:
             return out
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
+            self._check_unchanged(os.fstat(self._fd))
         dest = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         row_bytes, chunk_rows = chunks.row_bytes, chunks.chunk_rows
         done, row = 0, start

@@ -143,7 +143,8 @@ def compute(
         leaves torch's setting alone.
     workers
         Threads that read blocks and compute their margins side by side; default 2. Each holds
-        one block; more than the machine's cores gains nothing.
+        one block; more than the machine's cores gains nothing. 0 does everything in the
+        calling thread.
     block_bytes
         Logits read per block (bytes): a block is read and its margins computed while it is
         still in the core's cache; fewer, larger blocks cost less Python per row.
@@ -357,7 +358,8 @@ class _Ledger:
         """No sample index repeats among the rows admitted from one block."""
         self._counts = counts
         # Every row gets a ticket (its position in the stream); a sample's mark is the ticket of
-        # its last counted row, so "counted this epoch" is mark >= the epoch's first ticket.
+        # its last row seen (counted or dropped), so "seen this epoch" is mark >= the epoch's
+        # first ticket.
         self._mark = np.full(n, -1, dtype=np.int64)
         self._ticket = 0
         self._epoch_start = 0
@@ -430,10 +432,11 @@ def _stream(
             buffer = state[shard.stored_dtype] = np.empty((longest, run.num_classes), disk_dtype)
         reader: ShardReader | None = state.get("reader")
         if reader is None or reader.info is not shard:
-            if reader is not None:
-                reader.close()
-            reader = state["reader"] = ShardReader(shard.path, info=shard)
-            with lock:
+            with lock:  # the caller closes whatever is left open at the end
+                if reader is not None:
+                    reader.close()
+                    opened.remove(reader)
+                reader = state["reader"] = ShardReader(shard.path, info=shard)
                 opened.append(reader)
         logits, targets = reader.read_block(start, stop, out=buffer)
         check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")

@@ -9,6 +9,7 @@ the same rows.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +24,7 @@ import aum_replay
 from aum_replay import FormatError
 from aum_replay.cli import app
 from aum_replay.format import REQUIRED_ATTRS, ShardReader, list_shards, list_temporaries, read_info
+from aum_replay.run import open_run
 
 DATA = Path(__file__).parent / "data"
 RUN = DATA / "v1_run"
@@ -247,3 +249,75 @@ def test_chunk_maps_without_chunk_iter_match_those_with_it(tmp_path: Path) -> No
             assert new == read_info(path).raw[name]
     finally:
         fid.close()
+
+
+def test_a_fixed_length_utf8_string_attribute_is_read(tmp_path: Path) -> None:
+    path = copy_shard(tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["package_version"]
+        value = np.array("0.1.0é".encode(), dtype=h5py.string_dtype("utf-8", 7))
+        f.attrs.create("package_version", value)
+    assert read_info(path).package_version == "0.1.0é"
+
+
+def write_one_shard(run: Path, metadata: dict[str, str] | None = None) -> Path:
+    from aum_replay.format import ShardWriter, shard_name
+
+    path = run / shard_name(0, 0)
+    writer = ShardWriter(
+        path, epoch=0, rank=0, world_size=1, num_classes=3, logits_dtype="float32",
+        stored_dtype="float32", id_kind="int", chunk_rows=4, metadata=metadata,
+    )  # fmt: skip
+    writer.append(np.tile(np.float32([1, 0, 0]), (8, 1)), np.zeros(8, np.int64), np.arange(8))
+    return writer.publish()
+
+
+def test_a_shard_republished_after_validation_is_refused_not_misread(tmp_path: Path) -> None:
+    # A resumed run republishes shards; bigger attributes move the chunks within the file, so
+    # offsets found at validation would read the wrong bytes.
+    run = tmp_path / "run"
+    run.mkdir()
+    write_one_shard(run)
+    opened = open_run(run)
+    write_one_shard(run, {"note": "x" * 5000})
+    with pytest.raises(FormatError, match="changed since it was validated"):
+        aum_replay.compute(opened, None)
+    assert aum_replay.compute(run, None).aum["aum"].to_list() == [1.0] * 8  # a fresh replay
+
+
+def test_a_chunk_address_past_the_end_of_the_file_is_a_format_error(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    path = write_one_shard(run)
+    address = read_info(path).raw["targets"].offsets[0]
+    data = bytearray(path.read_bytes())
+    at = data.find(address.to_bytes(8, "little"))  # the chunk index entry of targets chunk 0
+    data[at : at + 8] = (0xD06D_0000_0000_0000).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="lies past the end of the file") as info:
+        read_info(path)
+    assert str(path) in str(info.value)
+
+
+def test_rows_outside_the_shard_are_refused(tmp_path: Path) -> None:
+    path = copy_shard(tmp_path)
+    with ShardReader(path) as reader:
+        for start, stop in ((0, 11), (-1, 3), (5, 4)):
+            with pytest.raises(aum_replay.InputError, match="outside the shard's 0:10"):
+                reader.read_block(start, stop)
+            with pytest.raises(aum_replay.InputError, match="outside the shard's 0:10"):
+                reader.read_ids(start, stop)
+
+
+def test_a_shard_that_fails_validation_is_not_left_open(tmp_path: Path) -> None:
+    path = copy_shard(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["targets"].resize(9, axis=0)
+    errors = []
+    for _ in range(3):
+        with pytest.raises(FormatError) as info:
+            read_info(path)
+        errors.append(info.value)  # the tracebacks keep the failed validation's frames alive
+    fds = Path("/proc/self/fd")
+    if fds.is_dir():
+        assert not any(os.path.realpath(fd) == str(path.resolve()) for fd in fds.iterdir())
