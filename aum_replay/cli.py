@@ -6,9 +6,13 @@ become one line on stderr and exit status 1; bad usage is left to Typer (exit st
 
 from __future__ import annotations
 
+import faulthandler
 import functools
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -25,6 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from aum_replay import format as shard_format
 from aum_replay._version import __version__
 from aum_replay.epochs import parse_epochs
 from aum_replay.errors import AumReplayError
@@ -133,12 +138,76 @@ def _errors_to_exit(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _hang_watchdog():
+                return func(*args, **kwargs)
         except AumReplayError as exc:
             err.print(f"aum-replay: error: {exc}", markup=False)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+SHARD_TIMEOUT_ENV = "AUM_REPLAY_SHARD_TIMEOUT"
+
+# The watchdog's other half, a bare interpreter: it learns which shard is being validated, and
+# when anything else arrives (faulthandler's dump, just before the CLI process exits 1), it
+# prints the one-line error. End of input without a dump: all went well.
+_WATCHER = """
+import sys
+shard, limit = None, sys.argv[1]
+for line in sys.stdin.buffer:
+    if line.startswith(b"shard "):
+        shard = line[6:].rstrip(b"\\n").decode("utf-8", "replace")
+    elif shard is not None:
+        sys.stderr.write(f"aum-replay: error: {shard}: HDF5 did not finish reading this shard "
+                         f"in {limit} s; it is probably corrupt\\n")
+        break
+"""
+
+
+@contextmanager
+def _hang_watchdog() -> Iterator[None]:
+    """End the process with the usual one-line error if validating one shard never finishes.
+
+    HDF5 loops forever on some corrupt files (a damaged variable-length string attribute) and
+    holds the GIL while it does, so no Python thread can step in. ``faulthandler``'s timer runs
+    outside the GIL: armed for each shard, it ends the process with status 1 after
+    ``AUM_REPLAY_SHARD_TIMEOUT`` seconds (default 60; a shard takes milliseconds), and a small
+    watcher process turns that into the one-line error naming the shard. Every command
+    validates its shards before it writes anything, so nothing is left half-made.
+    """
+    try:
+        limit = float(os.environ.get(SHARD_TIMEOUT_ENV, "60"))
+    except ValueError:
+        limit = 60.0
+    try:
+        watcher = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHER, f"{limit:g}"], stdin=subprocess.PIPE
+        )
+    except OSError:  # no watcher: run without one
+        yield
+        return
+    assert watcher.stdin is not None
+    pipe = watcher.stdin
+
+    def hook(path: Path | None) -> None:
+        if path is None:
+            faulthandler.cancel_dump_traceback_later()
+            return
+        pipe.write(b"shard " + os.fsencode(path) + b"\n")
+        pipe.flush()
+        faulthandler.dump_traceback_later(limit, exit=True, file=pipe)
+
+    shard_format.validation_hook = hook
+    try:
+        yield
+    finally:
+        shard_format.validation_hook = None
+        faulthandler.cancel_dump_traceback_later()
+        with suppress(OSError):
+            pipe.close()
+        with suppress(subprocess.TimeoutExpired):
+            watcher.wait(timeout=5)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -368,8 +368,25 @@ def _read_attr(fid: h5py.h5f.FileID, key: str) -> tuple[Any, str | None]:
     return text, None
 
 
+#: Called with a shard's path when :func:`read_info` starts validating it, and with ``None``
+#: when it is done. HDF5 loops forever on some corrupt files, holding the GIL: the CLI uses this
+#: to arm a watchdog that can still end the process (see ``cli._hang_watchdog``).
+validation_hook: Callable[[Path | None], None] | None = None
+
+
 def read_info(path: Path) -> ShardInfo:
     """Open ``path`` and validate its attributes and datasets; raise :class:`FormatError` if bad."""
+    hook = validation_hook
+    if hook is None:
+        return _read_info(path)
+    hook(path)
+    try:
+        return _read_info(path)
+    finally:
+        hook(None)
+
+
+def _read_info(path: Path) -> ShardInfo:
     try:
         fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:

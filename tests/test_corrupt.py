@@ -8,7 +8,10 @@ and never leftover scratch files.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +147,32 @@ def test_csv_reads_back_as_written(clean_run: Path, tmp_path: Path) -> None:
     check_outcome(clean_run, tmp_path / "out", "-")
     text = (tmp_path / "out" / FULL_NAME).read_text()
     assert pd.read_csv(io.StringIO(text)).shape == (300, len(FULL_COLUMNS))
+
+
+HANGS = Path(__file__).parent / "data" / "known_hangs"
+
+
+@pytest.mark.parametrize("shard", sorted(HANGS.glob("*.h5")), ids=lambda p: p.name)
+@pytest.mark.parametrize("command", ["compute", "info"])
+def test_a_shard_hdf5_hangs_on_ends_the_cli_with_one_line(
+    tmp_path: Path, shard: Path, command: str
+) -> None:
+    # HDF5 loops forever (holding the GIL) reading a damaged string attribute of these fuzzed
+    # shards; the CLI's watchdog ends the process after AUM_REPLAY_SHARD_TIMEOUT seconds.
+    run = tmp_path / "run"
+    run.mkdir()
+    target = run / "epoch_00000.rank_000.h5"
+    shutil.copyfile(shard, target)
+    out = tmp_path / "out"
+    args = [command, str(run)] + (["-o", str(out)] if command == "compute" else [])
+    env = {**os.environ, "AUM_REPLAY_SHARD_TIMEOUT": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "aum_replay.cli", *args],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"aum-replay: error: {target}: HDF5 did not finish reading this shard in 1 s; it is "
+        "probably corrupt"
+    ]
+    assert not out.exists()

@@ -1,10 +1,12 @@
 """Reproduce the known HDF5 hangs: shards with flipped bytes on which validation never returns.
 
 ``tests/data/known_hangs/`` holds two 16 KiB shards from a byte-flipping fuzzer (2026-11-26).
-``read_info`` hangs on both inside HDF5's read of a variable-length string attribute; the code
-before the replay speed-up hung too. No test runs them (a test would hang): this script reads
-each one in a child process with a timeout and prints one JSON line per file, so a fix (a
-timeout or a subprocess around validation, or a safer attribute read) can be checked.
+``read_info`` hangs on both inside HDF5's read of a variable-length string attribute, holding
+the GIL; the code before the replay speed-up hung too. The CLI ends such a hang with a one-line
+error after ``AUM_REPLAY_SHARD_TIMEOUT`` seconds (``tests/test_corrupt.py`` checks it), but the
+library call still never returns. This script calls ``read_info`` on each file in a child
+process with a timeout and prints one JSON line per file, so a fix in the library (a safer
+attribute read, or a format without variable-length strings) can be checked.
 
 Usage::
 
