@@ -447,19 +447,27 @@ def _stream(
         return _Block(targets, index, margin, fields, finite, new_epoch, plan_rows[i])
 
     plan_rows = np.cumsum([stop - start for _, start, stop in plan]).tolist()
-    if workers == 0:
-        try:
+    try:
+        if workers == 0:
             yield from (work(i) for i in range(len(plan)))
-        finally:
-            for reader in opened:
-                reader.close()
-        return
+        else:
+            yield from _in_order(work, len(plan), workers)
+    finally:  # after _in_order has waited for every worker
+        for reader in opened:
+            reader.close()
+
+
+def _in_order(work: Callable[[int], _Block], count: int, workers: int) -> Iterator[_Block]:
+    """``work(0), work(1), ...`` computed by ``workers`` threads, a few ahead, yielded in order.
+
+    However the caller stops (an error, ``close()``), no thread is still working on return.
+    """
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aum-replay") as pool:
         pending: deque[Future[_Block]] = deque()
         submitted = 0
         try:
-            while submitted < len(plan) or pending:
-                while submitted < len(plan) and len(pending) < 2 * workers:
+            while submitted < count or pending:
+                while submitted < count and len(pending) < 2 * workers:
                     pending.append(pool.submit(work, submitted))
                     submitted += 1
                 yield pending.popleft().result()
@@ -469,8 +477,6 @@ def _stream(
             for future in pending:
                 with suppress(Exception):  # the first error is already raised
                     future.result()
-            for reader in opened:
-                reader.close()
 
 
 def _plan(run: Run, block_bytes: int) -> list[tuple[ShardInfo, int, int]]:
