@@ -116,7 +116,7 @@ def torch_dtype(stored: str) -> torch.dtype:
     """The torch dtype of stored dtype ``stored`` (imports torch: the writer side only)."""
     import torch
 
-    return getattr(torch, stored)  # type: ignore[no-any-return]
+    return getattr(torch, stored)
 
 
 def torch_to_stored(dtype: torch.dtype) -> str:
@@ -429,7 +429,7 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
         raise FormatError(f"{path}: unknown shard format version {version}")
     values = {key: _attr(fid, key, path) for key in REQUIRED_ATTRS[2:]}
     stored = values["stored_dtype"]
-    if stored not in STORED_DTYPES:
+    if stored not in DISK_DTYPES:
         raise FormatError(f"{path}: unknown stored dtype {stored!r}")
     id_kind = values["id_kind"]
     if id_kind not in ID_KINDS:
@@ -439,7 +439,7 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
     if num_rows < 0:
         raise FormatError(f"{path}: shard was never finished (num_rows unset)")
     disk_dtypes = {
-        LOGITS: STORED_DTYPES[stored][0],
+        LOGITS: DISK_DTYPES[stored],
         TARGETS: _INT64,
         SAMPLE_IDS: _INT64 if id_kind == "int" else None,
     }

@@ -22,6 +22,7 @@ torch's does.
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 __all__ = [
     "BlockMargins",
     "block_margins",
+    "loaded_torch",
     "margin_values",
     "mask_targets",
     "row_max",
@@ -49,6 +51,19 @@ class BlockMargins(NamedTuple):
     """``target_val - other_val`` in the stored dtype, widened to ``float64``."""
 
 
+#: Whether the kernels may use torch when something else has imported it. Tests turn it off to
+#: check the pure-numpy path against the reference in a process that has torch loaded.
+USE_LOADED_TORCH = True
+
+
+def loaded_torch() -> ModuleType | None:
+    """torch, if this process has already imported it (and :data:`USE_LOADED_TORCH`), else None.
+
+    The kernels never import torch themselves: it costs 1.5-2 s, more than most replays.
+    """
+    return sys.modules.get("torch") if USE_LOADED_TORCH else None
+
+
 def widen(x: np.ndarray, stored: str) -> np.ndarray:
     """A block in a dtype numpy computes in: bfloat16 bit patterns become float32 (exact)."""
     if stored == "bfloat16":
@@ -63,11 +78,11 @@ def row_max(x: np.ndarray) -> np.ndarray:
     row maximum. Otherwise few classes go column by column (one vectorised pass per class, faster
     than numpy's per-row reduction), many classes through numpy's reduction.
     """
-    torch = sys.modules.get("torch")
+    torch = loaded_torch()
     if torch is not None:
-        return torch.from_numpy(x).amax(dim=1).numpy()  # type: ignore[no-any-return]
+        return torch.from_numpy(x).amax(dim=1).numpy()
     if x.shape[1] > 32 or not len(x):
-        return x.max(axis=1)  # type: ignore[no-any-return]
+        return x.max(axis=1)
     out = x[:, 0].copy()
     for k in range(1, x.shape[1]):
         np.maximum(out, x[:, k], out=out)  # NaN propagates

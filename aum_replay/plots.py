@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from aum_replay.csvout import prepare_out_dir
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import AumReplayError, InputError
 from aum_replay.flag import MISLABELED_NAME, SUMMARY_NAME, FlagResult, flag
 from aum_replay.format import ShardReader
-from aum_replay.margins import margins
+from aum_replay.kernels import margin_values
 from aum_replay.replay import compute
 from aum_replay.run import Run, open_run
 from aum_replay.threshold import threshold_alpha
@@ -89,8 +88,8 @@ def margin_curves(
         j = column[shard.epoch]
         with ShardReader(shard.path, info=shard) as reader:
             for start, stop in reader.blocks(BLOCK_ROWS):
-                logits, targets = reader.read_block(start, stop)
-                margin = margins(logits, torch.from_numpy(targets), inplace=True).margin.numpy()
+                logits, targets = reader.read_arrays(start, stop)
+                margin = margin_values(logits, targets, shard.stored_dtype)
                 sums[j] += margin.sum()
                 counts[j] += len(margin)
                 if not len(wanted):
