@@ -31,8 +31,7 @@ from aum_replay.csvout import (
     FULL_NAME,
     VALUES_COLUMNS,
     VALUES_NAME,
-    AtomicCsv,
-    prepare_out_dir,
+    CsvWriter,
     sort_values,
     to_frame,
 )
@@ -40,6 +39,7 @@ from aum_replay.epochs import EpochSelection
 from aum_replay.errors import InputError
 from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader
 from aum_replay.kernels import BlockMargins, block_margins, loaded_torch, margin_values
+from aum_replay.outputs import SCRATCH_PREFIX, OutputSet, writing
 from aum_replay.run import IdIndex, Run, check_targets, open_run, scan_ids
 
 __all__ = [
@@ -100,6 +100,9 @@ class ComputeResult:
     threshold: dict[str, Any] | None
     seconds: float
     aum: pl.DataFrame = field(repr=False)
+    removed: list[Path] = field(default_factory=list)
+    """Files removed from ``out_dir``: an older ``full_aum_records.csv`` that a values-only
+    replay replaced, and what killed commands left behind (temporaries, scratch)."""
 
 
 def compute(
@@ -175,15 +178,15 @@ def compute(
         run = run_dir
     else:
         run = open_run(run_dir, epochs)
-    with ExitStack() as outputs:
-        out_path = None
+    with ExitStack() as stack:
+        outputs = None
         if out_dir is not None:
-            out_path, created = prepare_out_dir(out_dir)
-            if created:  # an error below leaves no empty directory behind
-                outputs.callback(_remove_if_empty, out_path)
-        result = _compute(
+            # A values-only replay removes an older full_aum_records.csv: it would not match.
+            names = (VALUES_NAME, FULL_NAME) if full else (VALUES_NAME,)
+            outputs = stack.enter_context(OutputSet(out_dir, names, stale=(FULL_NAME,)))
+        return _compute(
             run,
-            out_path,
+            outputs,
             full=full,
             duplicates=duplicates,
             device=kernel_device,
@@ -194,18 +197,11 @@ def compute(
             progress=progress,
             started=started,
         )
-        outputs.pop_all()
-    return result
-
-
-def _remove_if_empty(path: Path) -> None:
-    with suppress(OSError):
-        path.rmdir()
 
 
 def _compute(
     run: Run,
-    out_path: Path | None,
+    outputs: OutputSet | None,
     *,
     full: bool,
     duplicates: Duplicates,
@@ -221,6 +217,7 @@ def _compute(
     universe = scan.universe
     n = len(universe)
     acc = MarginAccumulator(n)
+    out_path = outputs.out_dir if outputs is not None else None
     keep_records = full and out_path is not None
     counts = None  # without full records, the counts need no running value
     if not keep_records:
@@ -259,14 +256,20 @@ def _compute(
             }
         )
         values_path = full_path = None
-        if out_path is not None:
-            values_csv = stack.enter_context(AtomicCsv(out_path / VALUES_NAME, VALUES_COLUMNS))
-            values_csv.write({"sample_id": universe[order], "aum": aum[order]})
+        removed: list[Path] = []
+        if outputs is not None:
+            with writing(outputs.out_dir, VALUES_NAME):
+                values_csv = outputs.csv(VALUES_NAME, VALUES_COLUMNS)
+                values_csv.write({"sample_id": universe[order], "aum": aum[order]})
             if spill is not None:
-                full_csv = stack.enter_context(AtomicCsv(out_path / FULL_NAME, FULL_COLUMNS))
-                spill.write_sorted(full_csv, universe, acc.counts)
-                full_path = full_csv.commit()
-            values_path = values_csv.commit()
+                with writing(outputs.out_dir, FULL_NAME):
+                    full_csv = outputs.csv(FULL_NAME, FULL_COLUMNS)
+                    spill.write_sorted(full_csv, universe, acc.counts)
+                spill.close()  # the scratch space is freed before the commit
+            committed = outputs.commit()
+            values_path = committed[0]
+            full_path = committed[1] if len(committed) > 1 else None
+            removed = [*outputs.cleaned, *outputs.removed_stale]
     return ComputeResult(
         run_dir=run.run_dir,
         out_dir=out_path,
@@ -285,6 +288,7 @@ def _compute(
         threshold=run.threshold,
         seconds=time.perf_counter() - started,
         aum=table,
+        removed=removed,
     )
 
 
@@ -554,7 +558,7 @@ def _process(
     return nonfinite
 
 
-def write_records(csv: AtomicCsv, parts: Iterable[np.ndarray], ids: np.ndarray) -> None:
+def write_records(csv: CsvWriter, parts: Iterable[np.ndarray], ids: np.ndarray) -> None:
     """Write full records, already in file order, to ``csv``.
 
     ``parts`` are arrays of :data:`RECORD_DTYPE` whose ``index`` field indexes ``ids``.
@@ -624,16 +628,22 @@ class _Spill:
     def open(cls, out_dir: Path | None, n: int, max_rows: int, budget: int) -> Iterator[_Spill]:
         buckets = max(1, -(-max_rows * RECORD_DTYPE.itemsize // max(budget, 1)))
         scratch = None
-        if buckets > 1:
-            scratch = Path(tempfile.mkdtemp(prefix=".aum-replay-spill-", dir=out_dir))
-        spill = cls(scratch, n, buckets)
+        with writing(out_dir or Path("."), "scratch space for the full records"):
+            if buckets > 1:
+                scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX + "spill-", dir=out_dir))
+            spill = cls(scratch, n, buckets)
         try:
             yield spill
         finally:
-            for fh in spill.files:
-                fh.close()
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
+            spill.close()
+
+    def close(self) -> None:
+        """Free the scratch files (idempotent)."""
+        for fh in self.files:
+            fh.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
     def add(self, records: np.ndarray) -> None:
         if self.buckets == 1:
@@ -643,10 +653,12 @@ class _Spill:
         order = np.argsort(bucket, kind="stable")  # a radix sort for 16-bit keys
         bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
         ordered = _words(records)[order]  # rows of 8 words: ~3x faster than the struct
-        for b in range(self.buckets):
-            lo, hi = bounds[b], bounds[b + 1]
-            if hi > lo:
-                self.files[b].write(ordered[lo:hi].tobytes())
+        assert self.scratch is not None
+        with writing(self.scratch.parent, "scratch space for the full records"):
+            for b in range(self.buckets):
+                lo, hi = bounds[b], bounds[b + 1]
+                if hi > lo:
+                    self.files[b].write(ordered[lo:hi].tobytes())
 
     def _bucket(self, b: int) -> np.ndarray:
         if self.buckets == 1:
@@ -657,7 +669,7 @@ class _Spill:
         fh.close()
         return np.fromfile(fh.name, dtype=RECORD_DTYPE)
 
-    def write_sorted(self, csv: AtomicCsv, universe: np.ndarray, counts: np.ndarray) -> None:
+    def write_sorted(self, csv: CsvWriter, universe: np.ndarray, counts: np.ndarray) -> None:
         """Write every record to ``csv`` sorted by (sample_id, num_measurements).
 
         ``counts`` (N,) are the final measurement counts: sample i's k-th record goes to row
