@@ -309,11 +309,12 @@ class OutputSet:
             renames = [(tmp.name, name) for name, tmp in pending]
             removes = [n for n in self.stale if (self.out_dir / n).exists()]
             journal = self.out_dir / JOURNAL_NAME
-            staged = journal.with_name(f".{JOURNAL_NAME}.{os.getpid()}.tmp")
-            with open(staged, "w") as fh:
-                json.dump({"pid": os.getpid(), "renames": renames, "removes": removes}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            staged = journal.with_name(f"{JOURNAL_NAME}.{os.getpid()}.tmp")
+            plan = {"pid": os.getpid(), "renames": renames, "removes": removes}
+            with open(staged, "wb") as raw:
+                raw.write(json.dumps(plan).encode())
+                raw.flush()
+                os.fsync(raw.fileno())
             os.replace(staged, journal)
             _fsync_dir(self.out_dir)
         except OSError as exc:
