@@ -37,7 +37,8 @@ def run_block(block: str, workdir: Path, env: dict[str, str]) -> str:
             command, shell=True, cwd=workdir, env=env, capture_output=True, text=True, timeout=600
         )
         out.append(line)
-        text = "\n".join(line.rstrip() for line in (proc.stdout + proc.stderr).splitlines())
+        lines = (proc.stdout + proc.stderr).splitlines()
+        text = "\n".join(line.rstrip() for line in lines).strip("\n")
         if text:
             out.append(text)
     return "\n".join(out) + "\n"
