@@ -18,8 +18,7 @@ class MissingExtraError(AumReplayError, ImportError):
 
 def missing_extra(module: str, framework: str, extra: str) -> MissingExtraError:
     return MissingExtraError(
-        f"{module} needs {framework}, which is not installed: "
-        f'pip install "aum-replay[{extra}]"'
+        f'{module} needs {framework}, which is not installed: pip install "aum-replay[{extra}]"'
     )
 
 

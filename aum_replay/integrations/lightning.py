@@ -153,7 +153,9 @@ class LogitLoggerCallback(pl.Callback):
                     raise InputError(f"forward_module {self.forward_module!r}: {exc}") from None
             self._hook = target.register_forward_hook(self._on_forward)
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._batch, self._captured, self._trainer = batch, False, trainer
 
     def on_train_batch_end(
@@ -217,7 +219,9 @@ class LogitLoggerCallback(pl.Callback):
             logits = output[self.logits_key]
         elif isinstance(output, (tuple, list)):
             logits = output[0]
-        self._log(self._trainer, logits, self._from_batch(batch, self.label_key, 1, "targets"), batch)
+        self._log(
+            self._trainer, logits, self._from_batch(batch, self.label_key, 1, "targets"), batch
+        )
 
     def _log(self, trainer: Any, logits: Any, targets: Any, batch: Any) -> None:
         ids = self._from_batch(batch, self.id_key, -1, "sample ids")
