@@ -314,7 +314,9 @@ def bench_transformers(args: argparse.Namespace) -> dict[str, Any]:
 
     n = BATCH * (args.steps + 4)
     x, y = torch.randn(n, IN), torch.randint(0, CLASSES, (n,))
-    rows = [{"x": x[i], "labels": int(y[i]), "sample_id": i} for i in range(n)]
+    # Without the callback the dataset has no id column: a run without aum-replay has none.
+    plain_rows = [{"x": x[i], "labels": int(y[i])} for i in range(n)]
+    id_rows = [{**row, "sample_id": i} for i, row in enumerate(plain_rows)]
     model = Model(Config())
 
     def fit(run_dir: Path | None) -> list[float]:
@@ -338,10 +340,7 @@ def bench_transformers(args: argparse.Namespace) -> dict[str, Any]:
                     remove_unused_columns=False,
                     dataloader_num_workers=0,
                 ),
-                train_dataset=rows,
-                data_collator=(
-                    transformers.default_data_collator if run_dir is not None else without_ids
-                ),
+                train_dataset=id_rows if run_dir is not None else plain_rows,
                 callbacks=callbacks,
             )
             with contextlib.redirect_stdout(io.StringIO()):  # it prints its metrics
@@ -350,12 +349,6 @@ def bench_transformers(args: argparse.Namespace) -> dict[str, Any]:
                 if isinstance(callback, LogitLoggerCallback):
                     callback.remove_hooks()
         return [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)]
-
-    def without_ids(features: list[dict[str, Any]]) -> dict[str, Any]:
-        # Without the callback nothing pops the id column: a run without aum-replay has none.
-        return transformers.default_data_collator(
-            [{k: v for k, v in f.items() if k != "sample_id"} for f in features]
-        )
 
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
         return {"transformers": transformers.__version__, **alternate(fit, args, Path(tmp))}
