@@ -5,6 +5,9 @@ equals the reference fed the same logits."""
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -208,3 +211,82 @@ def test_logger_options_are_checked_in_init(tmp_path: Path) -> None:
         LogitLoggerCallback(tmp_path, world_size=2)
     with pytest.raises(InputError, match="unknown LogitLogger option"):
         LogitLoggerCallback(tmp_path, chunk_size=10)
+
+
+DDP = """
+import sys
+import torch
+import transformers
+from transformers.modeling_outputs import SequenceClassifierOutput
+from aum_replay.integrations.transformers import LogitLoggerCallback
+
+torch.set_num_threads(1)
+
+
+class Config(transformers.PretrainedConfig):
+    model_type = "aum-replay-ddp"
+
+
+class Model(transformers.PreTrainedModel):
+    config_class = Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.net = torch.nn.Linear(6, 3)
+        self.post_init()
+
+    def _init_weights(self, module):
+        pass
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        return SequenceClassifierOutput(
+            loss=torch.nn.functional.cross_entropy(logits, labels), logits=logits
+        )
+
+
+g = torch.Generator().manual_seed(0)
+x, y = torch.randn(101, 6, generator=g), torch.randint(0, 3, (101,), generator=g)
+rows = [{"x": x[i], "labels": int(y[i]), "sample_id": i} for i in range(101)]
+args = transformers.TrainingArguments(
+    output_dir=sys.argv[2], num_train_epochs=2, per_device_train_batch_size=8, use_cpu=True,
+    report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+    remove_unused_columns=False, ddp_backend="gloo",
+)
+trainer = transformers.Trainer(
+    model=Model(Config()), args=args, train_dataset=rows,
+    callbacks=[LogitLoggerCallback(sys.argv[1])],
+)
+trainer.train()
+print("rank", args.process_index, "of", args.world_size, "done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_write_one_shard_per_rank_per_epoch(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(DDP)
+    run_dir = tmp_path / "run"
+    port = str(29500 + (os.getpid() % 2000))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", port, str(script), str(run_dir), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 of 2 done" in proc.stdout and "rank 1 of 2 done" in proc.stdout
+    shards = list_shards(run_dir)
+    assert [(e, r) for e, r, _ in shards] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for epoch in (0, 1):
+        ids: set[int] = set()
+        for e, rank, path in shards:
+            if e == epoch:
+                with ShardReader(path) as reader:
+                    assert (reader.info.rank, reader.info.world_size) == (rank, 2)
+                    ids.update(reader.read_ids().tolist())
+        assert ids == set(range(101))  # the ranks split the epoch between them
+    result = aum_replay.compute(run_dir)
+    assert result.num_measurements == 2 * 101  # padding repeats are counted once
