@@ -126,14 +126,18 @@ def assert_same_aum(ours: Path, ref: Path) -> None:
     ).read_bytes()
 
 
-@pytest.mark.parametrize("source", ["outputs", "forward"])
+@pytest.mark.parametrize(
+    ("source", "precision"),
+    [("outputs", "32-true"), ("forward", "32-true"), ("outputs", "bf16-mixed")],
+)
 def test_three_epochs_match_the_reference_with_accumulation_and_validation(
-    tmp_path: Path, source: str
+    tmp_path: Path, source: str, precision: str
 ) -> None:
     run_dir = tmp_path / "run"
     module = Classifier(return_logits=source == "outputs")
     fit = trainer(
         LogitLoggerCallback(run_dir, source=source, metadata={"source": source}),
+        precision=precision,
         accumulate_grad_batches=2,
         limit_train_batches=5,  # of 6: the last batch of each epoch never runs
         num_sanity_val_steps=2,
@@ -151,6 +155,8 @@ def test_three_epochs_match_the_reference_with_accumulation_and_validation(
         assert ids == torch.cat([s[3] for s in seen]).tolist()  # training rows only, in order
         assert max(ids) < N
         torch.testing.assert_close(logits, torch.cat([s[1] for s in seen]), rtol=0, atol=0)
+        # bf16 logits are stored bit-exact as bf16, and the replay computes margins in bf16
+        assert logits.dtype == (torch.bfloat16 if precision == "bf16-mixed" else torch.float32)
 
     result = aum_replay.compute(run_dir, tmp_path / "ours")
     assert result.num_measurements == 3 * 5 * BATCH
