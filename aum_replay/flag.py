@@ -84,6 +84,13 @@ class RunFlags:
     threshold: dict[str, Any] | None
     result: ComputeResult = field(repr=False)
 
+    @property
+    def epochs_spec(self) -> str:
+        """The counted epochs as an epoch spec (``"A:B"`` when contiguous)."""
+        from aum_replay.auto_epochs import epochs_spec
+
+        return epochs_spec(self.epochs)
+
 
 @dataclass
 class FlagResult:
@@ -134,6 +141,7 @@ def flag(
     run_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] | None = None,
     *,
+    rule: str = "paper",
     percentile: float = 99.0,
     epochs: str | EpochSelection | None = None,
     alpha: float | None = None,
