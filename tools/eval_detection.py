@@ -12,8 +12,9 @@ Settings (``NAME`` = dataset, recipe, noise kind and rate), each over several se
 
 For each seed the script trains two threshold-sample runs (set 1 and set 2, recorded with
 LogitLogger), then flags with each rule of :func:`aum_replay.flag` - ``paper`` (SPEC section 5:
-99th percentile, all epochs), the default, ``replication`` - and an ``oracle`` cut (the lowest
-mean AUMs, as many as there are flips). On the same noisy labels it runs cleanlab's
+99th percentile, all epochs), the default (rule ``f1``, epochs ``auto``), ``replication`` - and
+an ``oracle`` cut: the lowest mean AUMs, as many as there are flips, on the default's epochs
+(``oracle``) and on all epochs (``oracle_all_epochs``, the paper rule's ranking). On the same noisy labels it runs cleanlab's
 ``find_label_issues`` on 5-fold cross-validated probabilities from the same network and recipe.
 Scores: precision, recall, F1 of the flagged set, AUROC of the ranking, the training compute of
 each method (AUM: 2 runs; cleanlab: 5 fold trainings) and the flagging time.
@@ -161,11 +162,13 @@ def eval_aum(
             row["flag_seconds"] = seconds
             row["epochs"] = [r.epochs_spec for r in result.runs]
             out[rule] = row
-            if rule == "paper":
+            if rule in ("paper", "default"):
+                # the oracle cut: this ranking, as many flagged as there are flips
                 order = np.argsort(details["aum_mean"].to_numpy(), kind="stable")
                 oracle = np.zeros(len(noisy), dtype=bool)
                 oracle[ids[order[: int(flipped.sum())]]] = True
-                out["oracle"] = scores(oracle, flipped) | {"auroc": row["auroc"]}
+                name = "oracle" if rule == "default" else "oracle_all_epochs"
+                out[name] = scores(oracle, flipped) | {"auroc": row["auroc"]}
         if dump is not None:
             from aum_replay.auto_epochs import epoch_margins
             from aum_replay.run import open_run
@@ -173,7 +176,7 @@ def eval_aum(
             arrays: dict[str, np.ndarray] = {"flipped": flipped, "noisy": noisy}
             for k, run_dir in enumerate(run_dirs, start=1):
                 run = open_run(run_dir)
-                epochs, ids, margins = epoch_margins(run)
+                _epochs, ids, margins = epoch_margins(run)
                 assert (ids == np.arange(len(noisy))).all()
                 arrays[f"margins{k}"] = margins.astype(np.float32)
                 thr = np.zeros(len(noisy), dtype=bool)

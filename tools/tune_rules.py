@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from aum_replay.auto_epochs import choose_epochs
-from aum_replay.rules import estimate_noise_fraction, expected_f1_cut, replication_alpha
+from aum_replay.rules import (
+    estimate_noise_fraction,
+    expected_f1_cut,
+    mixture_f1_cut,
+    replication_alpha,
+)
 from aum_replay.threshold import combine_flags
 
 
@@ -46,7 +51,50 @@ def cuts(aum: np.ndarray, thr: np.ndarray) -> dict[str, float]:
     pi = estimate_noise_fraction(s, t)
     out["pimin-rank"] = rank_cut(s, round(pi * n))
     out["ef1"] = expected_f1_cut(s, t)[0]
+    out["valley"] = valley(s, t)
+    out["gmm"] = gmm_cut(s, t, False)
+    out["gmm-ef1"] = gmm_cut(s, t, True)
+    out["max"] = max(out["gmm-ef1"], out["ef1"])
+    out["default"] = mixture_f1_cut(s, t)[0]
     return out
+
+
+def kde(s: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    h = 0.9 * min(s.std(), (np.percentile(s, 75) - np.percentile(s, 25)) / 1.34) * len(s) ** -0.2
+    z = (grid[:, None] - s[None, :]) / h
+    return np.exp(-0.5 * z * z).sum(1)
+
+
+def valley(s: np.ndarray, t: np.ndarray) -> float:
+    grid = np.linspace(np.median(t), s.max(), 400)
+    dens = kde(s, grid)
+    mode = int(np.argmax(dens))
+    if mode == 0:
+        return float(np.median(t))
+    return float(grid[int(np.argmin(dens[: mode + 1]))])
+
+
+def gmm_cut(s: np.ndarray, t: np.ndarray, ef1: bool) -> float:
+    mu = np.array([np.median(t), np.median(s[s > np.median(t)])])
+    sd = np.array([s.std(), s.std()]) / 2
+    w = np.array([0.3, 0.7])
+    for _ in range(200):
+        dens = w / sd * np.exp(-0.5 * ((s[:, None] - mu) / sd) ** 2)
+        post = dens / dens.sum(1, keepdims=True)
+        w = post.mean(0)
+        mu = (post * s[:, None]).sum(0) / post.sum(0)
+        sd = np.sqrt((post * (s[:, None] - mu) ** 2).sum(0) / post.sum(0)) + 1e-6
+    lo = int(np.argmin(mu))
+    p = post[:, lo]
+    order = np.argsort(s)
+    if ef1:
+        ps = p[order]
+        tp = np.cumsum(ps)
+        k = np.arange(1, len(s) + 1)
+        f = 2 * tp / (k + ps.sum())
+        return float(s[order][int(np.argmax(f))])
+    below = s[(p >= 0.5)]
+    return float(below.max()) if len(below) else -np.inf
 
 
 def main(root: Path) -> None:
