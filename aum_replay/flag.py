@@ -510,12 +510,14 @@ def _warnings(num_flagged: int, num_scored: int, runs: list[RunFlags], rule: str
             )
         )
     for i, run in enumerate(runs, start=1):
+        if rule not in ("paper", "replication"):
+            break  # the default rule was measured to place the cut well at 20% (digits4)
         if run.threshold and run.num_samples and run.num_threshold > run.num_samples / 10:
             out.append(
                 f"run{i}: {run.num_threshold:,} threshold samples are "
                 f"{100 * run.num_threshold / run.num_samples:.0f}% of its {run.num_samples:,} "
-                "samples (few classes): they crowd the real classes and bias the cut-off; "
-                "prefer num_threshold of about N // 10 or less"
+                "samples (few classes): they crowd the real classes and lift this rule's "
+                "cut-off; the default rule (--rule f1) is measured to hold there"
             )
     return out
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from aum_replay.errors import InputError
 
 __all__ = [
     "ThresholdSampleDataset",
+    "ThresholdShareWarning",
     "combine_flags",
     "flag_run",
     "fraction_alpha",
@@ -109,6 +111,7 @@ class ThresholdSampleDataset(Dataset):
             )
         if sample_ids is not None and len(sample_ids) != n:
             raise InputError(f"sample_ids has {len(sample_ids)} ids for a dataset of {n} samples")
+        warn_threshold_share(m, n, int(num_classes))
         self.dataset = dataset
         self.num_classes = int(num_classes)
         self.extra_class = int(num_classes)
@@ -177,6 +180,34 @@ def _plain(value: Any) -> int | str:
     if isinstance(value, torch.Tensor):
         value = value.item()
     return int(value)
+
+
+class ThresholdShareWarning(UserWarning):
+    """The threshold samples are a large share of the data (few classes)."""
+
+
+#: above this share of the data, recording warns (c < 9 classes with the default N // (c + 1))
+THRESHOLD_SHARE_LIMIT = 0.1
+
+
+def warn_threshold_share(num_threshold: int, num_samples: int, num_classes: int) -> None:
+    """Warn when the threshold samples are more than a tenth of the data.
+
+    With ``m = N // (c + 1)`` that is every run with fewer than 9 classes (20% at c = 4): the extra
+    class is then as large as a real one, takes a fifth of each real class's samples away and
+    lowers every margin. The default rule of ``aum-replay flag`` still places the cut well there
+    (README, detection benchmark, ``digits4``); the paper's 99th percentile flags too much.
+    """
+    if num_samples and num_threshold > THRESHOLD_SHARE_LIMIT * num_samples:
+        warnings.warn(
+            f"{num_threshold} threshold samples are {100 * num_threshold / num_samples:.0f}% of "
+            f"the {num_samples} samples ({num_classes} classes): a threshold class this large "
+            "crowds the real ones and lowers every margin. Flag with the default rule (not "
+            "--rule paper), or pass a smaller num_threshold (e.g. N // 10); see the README, "
+            "'Few classes'",
+            ThresholdShareWarning,
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------------- the flagging rule

@@ -14,8 +14,9 @@ For each seed the script trains two threshold-sample runs (set 1 and set 2, reco
 LogitLogger), then flags with each rule of :func:`aum_replay.flag` - ``paper`` (SPEC section 5:
 99th percentile, all epochs), the default (rule ``f1``, epochs ``auto``), ``replication`` - and
 an ``oracle`` cut: the lowest mean AUMs, as many as there are flips, on the default's epochs
-(``oracle``) and on all epochs (``oracle_all_epochs``, the paper rule's ranking). On the same noisy labels it runs cleanlab's
-``find_label_issues`` on 5-fold cross-validated probabilities from the same network and recipe.
+(``oracle``) and on all epochs (``oracle_all_epochs``, the paper rule's ranking). On the same
+noisy labels it runs cleanlab's ``find_label_issues`` on 5-fold cross-validated probabilities
+from the same network and recipe.
 Scores: precision, recall, F1 of the flagged set, AUROC of the ranking, the training compute of
 each method (AUM: 2 runs; cleanlab: 5 fold trainings) and the flagging time.
 
