@@ -16,7 +16,7 @@ def trajectory(medians: list[float], m: int = 50, seed: int = 0) -> np.ndarray:
 
 def test_memorising_run_stops_at_the_turn() -> None:
     # falls to -2 by epoch 5, then the network memorises: up to +1.5 by epoch 29
-    medians = [-0.5, -1.0, -1.5, -1.8, -1.9, -2.0] + list(np.linspace(-1.9, 1.5, 24))
+    medians = [-0.5, -1.0, -1.5, -1.8, -1.9, -2.0, *list(np.linspace(-1.9, 1.5, 24))]
     choice = choose_epochs(list(range(30)), trajectory(medians))
     assert choice.turn is not None and 4 <= choice.turn <= 6
     assert choice.epochs == list(range(choice.turn + 1))
@@ -26,7 +26,7 @@ def test_memorising_run_stops_at_the_turn() -> None:
 
 def test_slow_drift_is_not_memorisation() -> None:
     # the standard recipe: down to -2.2, then a drift of +0.5 over 25 epochs
-    medians = [-0.6, -1.2, -2.0, -1.9, -2.2] + list(np.linspace(-2.2, -1.7, 25))
+    medians = [-0.6, -1.2, -2.0, -1.9, -2.2, *list(np.linspace(-2.2, -1.7, 25))]
     choice = choose_epochs(list(range(30)), trajectory(medians))
     assert choice.turn is None and choice.epochs == list(range(30))
 
