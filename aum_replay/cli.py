@@ -11,11 +11,11 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,6 +33,9 @@ from aum_replay import format as shard_format
 from aum_replay._version import __version__
 from aum_replay.epochs import parse_epochs
 from aum_replay.errors import AumReplayError
+
+if TYPE_CHECKING:
+    from aum_replay.replay import ComputeResult
 
 app = typer.Typer(
     name="aum-replay",
@@ -143,6 +146,10 @@ def _errors_to_exit(func: F) -> F:
         except AumReplayError as exc:
             err.print(f"aum-replay: error: {exc}", markup=False)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            # Outputs are committed as a set at the very end: stopping now changes nothing.
+            err.print("aum-replay: interrupted; no output was changed", markup=False)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -279,8 +286,7 @@ def compute(
         )
     if quiet:
         return
-    for tmp in result.temporaries:
-        err.print(f"note: ignored unfinished temporary file {tmp.name}", markup=False)
+    _notes([result])
     epochs_text = _epochs_text(result.epochs)
     out.print(
         f"{result.num_samples:,} samples, {result.num_measurements:,} measurements over "
@@ -301,7 +307,24 @@ def compute(
     for path in (result.values_path, result.full_path):
         if path is not None:
             out.print(f"wrote {path}", markup=False)
+    for path in result.removed:
+        out.print(f"removed {path}", markup=False)
     out.print(f"done in {result.seconds:.2f} s", markup=False)
+
+
+def _notes(results: Iterable[ComputeResult]) -> None:
+    """Say which files of the run directories were ignored, and why."""
+    for result in results:
+        for tmp in result.temporaries:
+            err.print(
+                f"note: ignored unfinished temporary file {tmp.name} in {tmp.parent}", markup=False
+            )
+        for path in result.lookalikes:
+            err.print(
+                f"note: ignored {path.name} in {path.parent}: not named like a shard "
+                "(epoch_NNNNN.rank_NNN.h5, zero-padded)",
+                markup=False,
+            )
 
 
 def _epochs_text(epochs: list[int]) -> str:
@@ -362,6 +385,12 @@ def info(run_dir: RunDir) -> None:
         out.print(
             f"leftover  {len(run.temporaries)} unfinished temporary file(s), ignored: "
             + ", ".join(p.name for p in run.temporaries),
+            markup=False,
+        )
+    if run.lookalikes:
+        out.print(
+            f"ignored   {len(run.lookalikes)} file(s) not named like a shard "
+            "(epoch_NNNNN.rank_NNN.h5): " + ", ".join(p.name for p in run.lookalikes),
             markup=False,
         )
 
@@ -517,6 +546,7 @@ def flag_command(
         err.print(f"aum-replay: warning: {warning}", markup=False)
     if quiet:
         return
+    _notes(run.result for run in result.runs)
     out.print(
         f"rule {result.rule} ({_RULE_TEXT[result.rule]}); epochs {result.epochs}", markup=False
     )
@@ -606,12 +636,16 @@ def plot_command(
     ] = None,
     epochs: Epochs = None,
     percentile: Percentile = 99.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Draw PNGs: the AUM histogram, margin-over-epochs curves and flagged counts per class.
 
+    The per-class figure needs flags: from --flags, or from the run's own threshold samples.
+    The figures are written together or not at all.
+
     Example: aum-replay plot runs/set1 -o plots --ids 3,17 --flags flags
     """
-    from aum_replay.plots import plot
+    from aum_replay.plots import FLAGGED_PNG, plot
 
     paths = plot(
         run_dir,
@@ -622,8 +656,16 @@ def plot_command(
         epochs=epochs,
         percentile=percentile,
     )
+    if quiet:
+        return
     for path in paths:
         out.print(f"wrote {path}", markup=False)
+    if FLAGGED_PNG not in {p.name for p in paths}:
+        out.print(
+            f"no {FLAGGED_PNG}: the run has no threshold samples; give --flags FLAG_DIR "
+            "(the OUT_DIR of 'aum-replay flag') to draw it",
+            markup=False,
+        )
 
 
 @app.command("demo")
@@ -690,9 +732,10 @@ def _stage_progress(
 ) -> Iterator[Callable[[str, int, int], None] | None]:
     """A progress bar on stderr whose description follows the stages of a long job.
 
-    It appears at the first update, so an error before any work prints one line only.
+    It appears at the first update, so an error before any work prints one line only, and only
+    on a terminal: a log file gets no bar (and no stray line where it was).
     """
-    if quiet:
+    if quiet or not err.is_terminal:
         yield None
         return
     bar = Progress(
