@@ -29,7 +29,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from aum_replay import format as shard_format
 from aum_replay._version import __version__
 from aum_replay.epochs import parse_epochs
 from aum_replay.errors import AumReplayError
@@ -183,6 +182,8 @@ def _hang_watchdog() -> Iterator[None]:
     watcher process turns that into the one-line error naming the shard. Every command
     validates its shards before it writes anything, so nothing is left half-made.
     """
+    from aum_replay import format as shard_format  # here: --help and --version need no h5py
+
     try:
         limit = float(os.environ.get(SHARD_TIMEOUT_ENV, "60"))
     except ValueError:
