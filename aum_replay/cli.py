@@ -465,23 +465,26 @@ _RULE_TEXT = {
 }
 
 
+RuleOption = Annotated[
+    FlagRule,
+    typer.Option(
+        "--rule",
+        help=(
+            "How alpha comes from the threshold samples: 'f1' (default: a two-component "
+            "mixture of each run's AUMs, cut at the best expected F1), 'paper' (SPEC "
+            "section 5: the --percentile of the threshold AUMs) or 'replication' (flag when "
+            "more than 1% of the threshold AUMs are strictly greater)."
+        ),
+    ),
+]
+
+
 @app.command("flag")
 @_errors_to_exit
 def flag_command(
     run_dirs: RunDirs,
     out_dir: OutDir,
-    rule: Annotated[
-        FlagRule,
-        typer.Option(
-            "--rule",
-            help=(
-                "How alpha comes from the threshold samples: 'f1' (default: a two-component "
-                "mixture of each run's AUMs, cut at the best expected F1), 'paper' (SPEC "
-                "section 5: the --percentile of the threshold AUMs) or 'replication' (flag when "
-                "more than 1% of the threshold AUMs are strictly greater)."
-            ),
-        ),
-    ] = FlagRule.f1,
+    rule: RuleOption = FlagRule.f1,
     percentile: Percentile = 99.0,
     epochs: FlagEpochs = None,
     alpha: Annotated[
@@ -636,6 +639,7 @@ def plot_command(
         ),
     ] = None,
     epochs: Epochs = None,
+    rule: RuleOption = FlagRule.f1,
     percentile: Percentile = 99.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
@@ -655,6 +659,7 @@ def plot_command(
         lowest=lowest,
         flags=flags,
         epochs=epochs,
+        rule=rule.value,
         percentile=percentile,
     )
     if quiet:
