@@ -2,7 +2,13 @@
 
 from aum_replay._version import __version__
 from aum_replay.compat import AUMCalculator, AUMRecord, DatasetWithIndex
-from aum_replay.errors import AumReplayError, FormatError, InputError
+from aum_replay.errors import (
+    AumReplayError,
+    FormatError,
+    InputError,
+    RecordingError,
+    RunLockedError,
+)
 from aum_replay.flag import FlagResult, flag
 from aum_replay.logger import LogitLogger
 from aum_replay.plots import plot
@@ -19,6 +25,8 @@ __all__ = [
     "FormatError",
     "InputError",
     "LogitLogger",
+    "RecordingError",
+    "RunLockedError",
     "ThresholdSampleDataset",
     "__version__",
     "compute",

@@ -260,6 +260,30 @@ def test_empty_batches_record_nothing_and_do_not_fix_the_id_kind(tmp_path: Path)
     assert info.id_kind == "str" and ids.tolist() == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize(
+    "no_targets",
+    [
+        [],
+        (),
+        np.zeros(0),
+        np.array([], dtype=object),
+        torch.zeros(0),
+        torch.zeros(0, dtype=torch.bool),
+    ],
+    ids=["list", "tuple", "float64 array", "object array", "float tensor", "bool tensor"],
+)
+def test_an_empty_batch_is_nothing_to_log_whatever_its_empty_dtypes(
+    tmp_path: Path, no_targets: Any
+) -> None:
+    # `targets=[]` was refused with "got float64 values"; an empty float id array likewise.
+    with LogitLogger(tmp_path) as logger:
+        logger.log(torch.zeros(0, C), no_targets, no_targets, epoch=0)
+        logger.log(torch.randn(2, C), [0, 1], [7, 8], epoch=0)
+        logger.log(torch.zeros(0, C), no_targets, np.zeros(0), epoch=0)
+    _, _, ids, info = read_shard(list_shards(tmp_path)[0][2])
+    assert ids.tolist() == [7, 8] and info.num_rows == 2
+
+
 # ---------------------------------------------------------------------- publishing
 
 
@@ -445,7 +469,28 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("mixed ids", {"ids": [1, "b", 3, 4]}, "mix ints and strings"),
     ("None id", {"ids": [1, None, 3, 4]}, "sample id None"),
     ("dict ids", {"ids": {1: 2}}, "got dict"),
-    ("negative epoch", {"epoch": -1}, "epoch must be a non-negative int, got -1"),
+    ("negative epoch", {"epoch": -1}, r"epoch must be an int with 0 <= epoch < 2\*\*31, got -1"),
+    ("epoch 2**31", {"epoch": 2**31}, "got 2147483648"),
+    ("epoch 2**63", {"epoch": 2**63}, "got 9223372036854775808"),
+    ("epoch 10**30", {"epoch": 10**30}, f"got {10**30}"),
+    ("uint64 epoch 2**64-1", {"epoch": np.uint64(2**64 - 1)}, "got np.uint64"),
+    (
+        "uint64 id 2**64-1",
+        {"ids": np.array([1, 2, 3, 2**64 - 1], np.uint64)},
+        "18446744073709551615",
+    ),
+    (
+        "uint64 id 2**63",
+        {"ids": torch.tensor([1, 2, 3, 2**63], dtype=torch.uint64)},
+        "9223372036854775808 is outside the int64",
+    ),
+    ("int id 2**64-1", {"ids": [1, 2, 3, 2**64 - 1]}, "sample id 18446744073709551615 is outside"),
+    (
+        "int id -2**63-1",
+        {"ids": [1, -(2**63) - 1, 3, 4]},
+        "sample id -9223372036854775809 is outside",
+    ),
+    ("numpy uint64 id", {"ids": [1, 2, np.uint64(2**63), 4]}, "sample id 9223372036854775808"),
     ("float epoch", {"epoch": 1.0}, "got 1.0"),
     ("str epoch", {"epoch": "1"}, "got '1'"),
     ("bool epoch", {"epoch": True}, "got True"),
