@@ -9,7 +9,8 @@ the reference's ``sums[id] += margin`` loop, including an index that appears twi
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from aum_replay.kernels import loaded_torch
 
 __all__ = ["MarginAccumulator", "occurrence_rank"]
 
@@ -69,10 +70,12 @@ class MarginAccumulator:
     def add(self, index: np.ndarray, margin: np.ndarray, *, unique: bool = False) -> None:
         """Add margins to the sums alone, in row order (for a caller that keeps the counts).
 
-        ``unique``: no index repeats. Then torch's ``index_add_`` does it (one addition per
-        sample, the same numbers) and, unlike ``np.add.at``, lets other threads run meanwhile.
+        ``unique``: no index repeats. Then, where torch is already imported, its ``index_add_``
+        does it (one addition per sample, the same numbers) and, unlike ``np.add.at``, lets other
+        threads run meanwhile. The replay never imports torch for this.
         """
-        if unique:
+        torch = loaded_torch()
+        if unique and torch is not None:
             sums = torch.from_numpy(self.sums)
             sums.index_add_(0, torch.from_numpy(index), torch.from_numpy(margin))
         else:

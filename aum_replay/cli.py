@@ -301,6 +301,8 @@ def compute(
     for path in (result.values_path, result.full_path):
         if path is not None:
             out.print(f"wrote {path}", markup=False)
+    for path in result.removed:
+        out.print(f"removed {path}", markup=False)
     out.print(f"done in {result.seconds:.2f} s", markup=False)
 
 
@@ -532,12 +534,16 @@ def plot_command(
     ] = None,
     epochs: Epochs = None,
     percentile: Percentile = 99.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Draw PNGs: the AUM histogram, margin-over-epochs curves and flagged counts per class.
 
+    The per-class figure needs flags: from --flags, or from the run's own threshold samples.
+    The figures are written together or not at all.
+
     Example: aum-replay plot runs/set1 -o plots --ids 3,17 --flags flags
     """
-    from aum_replay.plots import plot
+    from aum_replay.plots import FLAGGED_PNG, plot
 
     paths = plot(
         run_dir,
@@ -548,8 +554,16 @@ def plot_command(
         epochs=epochs,
         percentile=percentile,
     )
+    if quiet:
+        return
     for path in paths:
         out.print(f"wrote {path}", markup=False)
+    if FLAGGED_PNG not in {p.name for p in paths}:
+        out.print(
+            f"no {FLAGGED_PNG}: the run has no threshold samples; give --flags FLAG_DIR "
+            "(the OUT_DIR of 'aum-replay flag') to draw it",
+            markup=False,
+        )
 
 
 @app.command("demo")

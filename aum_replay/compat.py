@@ -37,7 +37,7 @@ from aum_replay.csvout import (
 from aum_replay.dataset import DatasetWithIndex
 from aum_replay.errors import InputError
 from aum_replay.logger import LogitLogger
-from aum_replay.margins import margins
+from aum_replay.margins import host_fields, margins
 from aum_replay.replay import WRITE_ROWS, make_records, write_records
 
 __all__ = ["AUMCalculator", "AUMRecord", "BatchRecords", "DatasetWithIndex"]
@@ -194,7 +194,7 @@ class AUMCalculator:
         result = self._acc.update(index, margin, running=True)
         assert result is not None
         counts, aum = result
-        records = make_records(index, target_array, m, margin, counts, aum)
+        records = make_records(index, target_array, host_fields(m), margin, counts, aum)
         if not self.compressed:
             self._records.append(records)
 

@@ -28,6 +28,7 @@ __all__ = [
     "VALUES_COLUMNS",
     "VALUES_NAME",
     "AtomicCsv",
+    "CsvWriter",
     "format_floats",
     "prepare_out_dir",
     "sort_values",
@@ -123,8 +124,37 @@ def sort_values(sample_ids: np.ndarray, aum: np.ndarray) -> np.ndarray:
     return np.lexsort((id_rank, key, nan))
 
 
-class AtomicCsv:
+class CsvWriter:
+    """Rows in the seed's CSV format appended to an open binary file; the header comes first.
+
+    Parameters
+    ----------
+    fh
+        The file (opened ``"wb"``); its owner closes it.
+    columns
+        Header names, in order.
+    """
+
+    def __init__(self, fh: IO[bytes], columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self._fh: IO[bytes] | None = fh
+        fh.write((",".join(columns) + "\n").encode())
+
+    def write(self, columns: Mapping[str, np.ndarray | pl.Series]) -> None:
+        """Append rows; float columns are formatted here (see :func:`to_frame`)."""
+        self.write_frame(to_frame({name: columns[name] for name in self.columns}))
+
+    def write_frame(self, frame: pl.DataFrame) -> None:
+        """Append rows made by :func:`to_frame` (columns in this file's order)."""
+        assert self._fh is not None, "file already committed or aborted"
+        frame.write_csv(self._fh, include_header=False, line_terminator="\n")
+
+
+class AtomicCsv(CsvWriter):
     """A CSV file written in pieces under a temporary name, renamed into place by :meth:`commit`.
+
+    For one file on its own (the seed API's ``finalize``); a command's outputs go through
+    :class:`aum_replay.outputs.OutputSet`, which commits several files as one.
 
     Parameters
     ----------
@@ -136,19 +166,8 @@ class AtomicCsv:
 
     def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
         self.path = Path(path)
-        self.columns = columns
         self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self._fh: IO[bytes] | None = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._fh.write((",".join(columns) + "\n").encode())
-
-    def write(self, columns: Mapping[str, np.ndarray | pl.Series]) -> None:
-        """Append rows; float columns are formatted here (see :func:`to_frame`)."""
-        self.write_frame(to_frame({name: columns[name] for name in self.columns}))
-
-    def write_frame(self, frame: pl.DataFrame) -> None:
-        """Append rows made by :func:`to_frame` (columns in this file's order)."""
-        assert self._fh is not None, "file already committed or aborted"
-        frame.write_csv(self._fh, include_header=False, line_terminator="\n")
+        super().__init__(open(self.tmp_path, "wb"), columns)  # noqa: SIM115 - closed in commit/abort
 
     def commit(self) -> Path:
         """Flush, fsync and rename the file to its final name."""

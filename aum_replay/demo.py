@@ -35,7 +35,7 @@ from aum_replay.format import list_shards
 from aum_replay.logger import LogitLogger
 from aum_replay.plots import plot
 from aum_replay.replay import compute
-from aum_replay.threshold import ThresholdSampleDataset
+from aum_replay.threshold_data import ThresholdSampleDataset
 
 __all__ = [
     "NUM_CLASSES",

@@ -19,7 +19,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +26,9 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from aum_replay.csvout import AtomicCsv, prepare_out_dir
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
+from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import ComputeResult, compute
 from aum_replay.run import open_run
 from aum_replay.threshold import combine_flags, flag_run, fraction_alpha, threshold_alpha
@@ -193,8 +192,17 @@ def flag(
     if not 0.0 <= percentile <= 100.0:
         raise InputError(f"percentile must be in [0, 100], not {percentile}")
     selection = epochs if isinstance(epochs, EpochSelection) else parse_epochs(epochs)
+    outputs = None
+    if out_dir is not None:  # what is in the way fails now, before any replay
+        outputs = OutputSet(out_dir, (MISLABELED_NAME, DETAILS_NAME, SUMMARY_NAME)).check()
 
     runs = [open_run(Path(d), selection) for d in dirs]
+    for i, run in enumerate(runs):
+        for other in runs[:i]:
+            if _same_dir(run.run_dir, other.run_dir):
+                raise InputError(
+                    f"{run.run_dir} is given twice (as {other.run_dir}): each run counts once"
+                )
     bare = [str(r.run_dir) for r in runs if not r.threshold]
     if bare and alpha is None and fraction is None:
         raise MissingThresholdError(
@@ -314,8 +322,7 @@ def flag(
         per_class[int(value)] = per_class.get(int(value), 0) + 1
 
     out_path = mislabeled_path = details_path = summary_path = None
-    if out_dir is not None:
-        out_path, _ = prepare_out_dir(out_dir)
+    if outputs is not None:
         columns = [f"aum_{nm}" for nm in names]
         detail_cols = (
             ["sample_id", "label"]
@@ -340,20 +347,14 @@ def flag(
                 for nm, rf in zip(names, run_flags, strict=True)
             ],
         }
-        with ExitStack() as stack:
-            csv_m = stack.enter_context(
-                AtomicCsv(out_path / MISLABELED_NAME, ("sample_id", *columns, "aum_mean", "label"))
+        with outputs, writing(outputs.out_dir, "the flag results"):
+            outputs.csv(MISLABELED_NAME, ("sample_id", *columns, "aum_mean", "label")).write(
+                mislabeled.to_dict()
             )
-            csv_m.write(mislabeled.to_dict())
-            csv_d = stack.enter_context(AtomicCsv(out_path / DETAILS_NAME, tuple(detail_cols)))
-            csv_d.write(details.to_dict())
-            tmp = out_path / f".{SUMMARY_NAME}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            stack.callback(tmp.unlink, missing_ok=True)
-            mislabeled_path = csv_m.commit()
-            details_path = csv_d.commit()
-            summary_path = out_path / SUMMARY_NAME
-            os.replace(tmp, summary_path)
+            outputs.csv(DETAILS_NAME, tuple(detail_cols)).write(details.to_dict())
+            outputs.open(SUMMARY_NAME).write((json.dumps(summary, indent=2) + "\n").encode())
+            mislabeled_path, details_path, summary_path = outputs.commit()
+        out_path = outputs.out_dir
 
     return FlagResult(
         runs=run_flags,
@@ -405,3 +406,10 @@ def _given_label(labels: np.ndarray, scored: np.ndarray) -> np.ndarray:
     for r in range(labels.shape[0]):
         out = np.where(scored[r], labels[r], out)
     return out
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -30,14 +30,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 
 from aum_replay._version import __version__
 from aum_replay.errors import FormatError, InputError, RecordingError
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made, never by the readers
+    import torch
 
 __all__ = [
     "FORMAT_NAME",
@@ -77,12 +79,13 @@ REQUIRED_ATTRS = (
     "metadata",
 )
 
-#: Stored dtype name -> (numpy dtype on disk, torch dtype in memory).
-STORED_DTYPES: dict[str, tuple[np.dtype[Any], torch.dtype]] = {
-    "float64": (np.dtype(np.float64), torch.float64),
-    "float32": (np.dtype(np.float32), torch.float32),
-    "float16": (np.dtype(np.float16), torch.float16),
-    "bfloat16": (np.dtype(np.uint16), torch.bfloat16),
+#: Stored dtype name -> numpy dtype on disk (bfloat16 is kept as its 16-bit patterns). The torch
+#: dtype of the same name is the one in memory (:func:`torch_dtype`).
+DISK_DTYPES: dict[str, np.dtype[Any]] = {
+    "float64": np.dtype(np.float64),
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.uint16),
 }
 
 ID_KINDS = ("int", "str")
@@ -115,10 +118,17 @@ def list_temporaries(run_dir: Path) -> list[Path]:
     )
 
 
+def torch_dtype(stored: str) -> torch.dtype:
+    """The torch dtype of stored dtype ``stored`` (imports torch: the writer side only)."""
+    import torch
+
+    return getattr(torch, stored)
+
+
 def torch_to_stored(dtype: torch.dtype) -> str:
     """Name of the stored dtype that keeps ``dtype`` exactly."""
-    for name, (_, tdt) in STORED_DTYPES.items():
-        if tdt == dtype:
+    for name in DISK_DTYPES:
+        if torch_dtype(name) == dtype:
             return name
     raise KeyError(str(dtype))
 
@@ -316,7 +326,7 @@ class ShardWriter:
     logits_dtype
         Name of the dtype the logits had when logged (informational).
     stored_dtype
-        One of :data:`STORED_DTYPES`.
+        One of :data:`DISK_DTYPES`.
     id_kind
         ``"int"`` or ``"str"``.
     chunk_rows
@@ -356,7 +366,7 @@ class ShardWriter:
         except OSError as exc:
             self._io = None
             raise self._error(exc, "creating") from None
-        disk_dtype = STORED_DTYPES[stored_dtype][0]
+        disk_dtype = DISK_DTYPES[stored_dtype]
         chunk_bytes = chunk_rows * num_classes * disk_dtype.itemsize
         self._layout = (num_classes, disk_dtype, id_kind, chunk_rows, compression)
         try:
@@ -616,7 +626,7 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
         raise FormatError(f"{path}: unknown shard format version {version}")
     values = {key: _attr(fid, key, path) for key in REQUIRED_ATTRS[2:]}
     stored = values["stored_dtype"]
-    if stored not in STORED_DTYPES:
+    if stored not in DISK_DTYPES:
         raise FormatError(f"{path}: unknown stored dtype {stored!r}")
     id_kind = values["id_kind"]
     if id_kind not in ID_KINDS:
@@ -626,7 +636,7 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
     if num_rows < 0:
         raise FormatError(f"{path}: shard was never finished (num_rows unset)")
     disk_dtypes = {
-        LOGITS: STORED_DTYPES[stored][0],
+        LOGITS: DISK_DTYPES[stored],
         TARGETS: _INT64,
         SAMPLE_IDS: _INT64 if id_kind == "int" else None,
     }
@@ -829,7 +839,21 @@ class ShardReader:
     def read_block(
         self, start: int, stop: int, out: np.ndarray | None = None
     ) -> tuple[torch.Tensor, np.ndarray]:
-        """Logits (n, C) as a tensor in the stored dtype and targets (n,) ``int64``.
+        """Logits (n, C) as a torch tensor in the stored dtype and targets (n,) ``int64``.
+
+        Imports torch; :meth:`read_arrays` is the same read in the disk dtype, without torch.
+        """
+        import torch
+
+        logits, targets = self.read_arrays(start, stop, out)
+        if self.info.stored_dtype == "bfloat16":
+            return torch.from_numpy(logits.view(np.int16)).view(torch.bfloat16), targets
+        return torch.from_numpy(logits), targets
+
+    def read_arrays(
+        self, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (n, C) in the disk dtype (:data:`DISK_DTYPES`) and targets (n,) ``int64``.
 
         ``out``, an array of at least ``n`` rows of the disk dtype and C columns, is filled and
         reused instead of allocating (fresh pages cost more than the read itself).
@@ -837,7 +861,7 @@ class ShardReader:
         self._check_rows(start, stop)
         n = stop - start
         try:
-            disk = STORED_DTYPES[self.info.stored_dtype][0]
+            disk = DISK_DTYPES[self.info.stored_dtype]
             if out is None:
                 out = np.empty((n, self.info.num_classes), dtype=disk)
             if len(out) < n or out.dtype != disk or out.shape[1:] != (self.info.num_classes,):
@@ -848,9 +872,7 @@ class ShardReader:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
             raise FormatError(f"{self.path}: cannot read rows {start}:{stop} ({exc})") from None
-        if self.info.stored_dtype == "bfloat16":
-            return torch.from_numpy(logits.view(np.int16)).view(torch.bfloat16), targets
-        return torch.from_numpy(logits), targets
+        return logits, targets
 
     def _read(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows ``[start, stop)`` of dataset ``name`` into ``out`` (contiguous, right dtype)."""

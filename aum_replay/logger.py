@@ -35,13 +35,14 @@ import torch
 from aum_replay.batch import check_logits, check_storable_ids, check_targets, normalize_ids
 from aum_replay.errors import AumReplayError, InputError, RecordingError, RunLockedError
 from aum_replay.format import (
+    DISK_DTYPES,
     EPOCH_LIMIT,
-    STORED_DTYPES,
     TMP_SUFFIX,
     ShardWriter,
     list_shards,
     read_info,
     shard_name,
+    torch_dtype,
     torch_to_stored,
 )
 
@@ -337,7 +338,7 @@ class LogitLogger:
         # A row costs its logits, a target (int64) and an id (int64, or a 16-byte reference to a
         # string). Sizing chunks by the logits alone made the target and id chunks of a run with
         # few classes several times the budget: every shard, however short, took 8-14 MiB.
-        itemsize = STORED_DTYPES[stored][0].itemsize
+        itemsize = DISK_DTYPES[stored].itemsize
         row_bytes = num_classes * itemsize + 8 + (8 if kind == "int" else 16)
         chunk_rows = max(1, self.chunk_bytes // row_bytes)
         if (chunk_rows, num_classes, stored) != (
@@ -379,7 +380,7 @@ class LogitLogger:
             self._buffers_made += 1
             assert self.num_classes is not None and self._stored is not None
             return torch.empty(
-                (self._chunk_rows, self.num_classes), dtype=STORED_DTYPES[self._stored][1]
+                (self._chunk_rows, self.num_classes), dtype=torch_dtype(self._stored)
             )
         while True:  # back-pressure: wait for the writer to hand a buffer back
             try:

@@ -8,7 +8,9 @@ For one row of logits ``z`` (C values) with assigned label ``y``::
     margin      = target_val - other_val     (in the dtype of z, then widened to float64)
 
 This is bit-for-bit what the original ``aum`` library computes (gather, scatter ``-inf`` over the
-target, ``max``), without its per-sample Python loop.
+target, ``max``), without its per-sample Python loop. This module takes torch tensors on any
+device (the seed API, ``--device cuda``); the replay on the CPU uses its numpy twin,
+:mod:`aum_replay.kernels`, and never imports torch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Margins", "margin_values", "margins"]
+from aum_replay.kernels import BlockMargins, mask_targets, row_max
+
+__all__ = ["Margins", "host_fields", "margins"]
 
 
 class Margins(NamedTuple):
@@ -105,14 +109,14 @@ def _margins_numpy(
     if not inplace or not x.flags.c_contiguous:
         x = np.array(x, order="C")  # the flat view below must alias x
     label = targets.detach().cpu().numpy().reshape(-1).astype(np.int64, copy=False)
-    target_val = _mask_targets(x, label)
+    target_val = mask_targets(x, label)
     other_logit = None
     if with_index:
         index = x.argmax(axis=1)
         other_val = x[np.arange(len(x)), index]
         other_logit = torch.from_numpy(index.astype(np.int64, copy=False))
     else:
-        other_val = torch.from_numpy(x).amax(dim=1).numpy()  # NaN propagates
+        other_val = row_max(x)  # NaN propagates
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, as in torch
         margin = (target_val - other_val).astype(np.float64)
     return Margins(
@@ -121,28 +125,6 @@ def _margins_numpy(
         torch.from_numpy(other_val),
         torch.from_numpy(margin),
     )
-
-
-def margin_values(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Just the margins (``float64``, shape (B,)) of a C-contiguous float16/32/64 block.
-
-    The replay's values-only path: the same numbers as :func:`margins` in a handful of calls,
-    since per-call overhead adds up over thousands of blocks. ``x`` is used as scratch.
-    """
-    target_val = _mask_targets(x, labels)
-    other_val = torch.from_numpy(x).amax(dim=1).numpy()  # NaN propagates
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, as in torch
-        return (target_val - other_val).astype(np.float64)
-
-
-def _mask_targets(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Return each row's target logit and overwrite it with ``-inf`` in ``x`` (C-contiguous)."""
-    num_rows, num_classes = x.shape
-    flat = x.reshape(-1)  # a view, since x is C-contiguous
-    position = np.arange(0, num_rows * num_classes, num_classes) + labels
-    target_val = flat[position]
-    flat[position] = -np.inf
-    return target_val
 
 
 def _first_argmax_cpu(masked: torch.Tensor) -> torch.Tensor:
@@ -155,3 +137,18 @@ def _first_argmax_cpu(masked: torch.Tensor) -> torch.Tensor:
     if masked.dtype not in (torch.float32, torch.float64):
         masked = masked.float()
     return torch.from_numpy(masked.detach().numpy().argmax(axis=1).astype(np.int64, copy=False))
+
+
+def host_fields(m: Margins) -> BlockMargins:
+    """The fields of ``m`` as host numpy arrays, values widened to ``float64`` (exact)."""
+    assert m.other_logit is not None, "full records need the kernel's other_logit"
+
+    def host(values: torch.Tensor) -> np.ndarray:
+        return values.detach().to(torch.float64).cpu().numpy()
+
+    return BlockMargins(
+        host(m.target_val),
+        m.other_logit.detach().cpu().numpy().astype(np.int64, copy=False),
+        host(m.other_val),
+        host(m.margin),
+    )

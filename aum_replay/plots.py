@@ -16,14 +16,13 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
-from aum_replay.csvout import prepare_out_dir
 from aum_replay.epochs import EpochSelection, parse_epochs
-from aum_replay.errors import AumReplayError, InputError
+from aum_replay.errors import InputError
 from aum_replay.flag import MISLABELED_NAME, SUMMARY_NAME, FlagResult, flag
 from aum_replay.format import ShardReader
-from aum_replay.margins import margins
+from aum_replay.kernels import margin_values
+from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import compute
 from aum_replay.run import Run, open_run
 from aum_replay.threshold import threshold_alpha
@@ -40,6 +39,7 @@ __all__ = [
 HISTOGRAM_PNG = "aum_histogram.png"
 MARGINS_PNG = "margins.png"
 FLAGGED_PNG = "flagged_per_class.png"
+PNG_NAMES = (HISTOGRAM_PNG, MARGINS_PNG, FLAGGED_PNG)
 BLOCK_ROWS = 1 << 16
 
 
@@ -89,8 +89,8 @@ def margin_curves(
         j = column[shard.epoch]
         with ShardReader(shard.path, info=shard) as reader:
             for start, stop in reader.blocks(BLOCK_ROWS):
-                logits, targets = reader.read_block(start, stop)
-                margin = margins(logits, torch.from_numpy(targets), inplace=True).margin.numpy()
+                logits, targets = reader.read_arrays(start, stop)
+                margin = margin_values(logits, targets, shard.stored_dtype)
                 sums[j] += margin.sum()
                 counts[j] += len(margin)
                 if not len(wanted):
@@ -150,13 +150,15 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if lowest < 0:
         raise InputError(f"lowest must be >= 0, not {lowest}")
     selection = epochs if isinstance(epochs, EpochSelection) else parse_epochs(epochs)
     run = open_run(Path(run_dir), selection)
     wanted = [_plain(i) for i in _as_ids(list(ids), run.id_kind)]
-    out_path, _ = prepare_out_dir(out_dir)
+    # Without flags there is no per-class figure: an older one would belong to another run.
+    outputs = OutputSet(out_dir, PNG_NAMES, stale=(FLAGGED_PNG,)).check()
 
     if flags is None and run.threshold:
         # Flag this run on its own; its replay is the AUM table too (one replay, not two).
@@ -172,7 +174,7 @@ def plot(
     alpha = known.alpha if known is not None else None
     if alpha is None and is_thr.any():
         alpha = threshold_alpha(aum[is_thr], percentile)
-    paths: list[Path] = []
+    figures: list[tuple[str, Any]] = []
 
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     finite = np.isfinite(aum)
@@ -189,8 +191,7 @@ def plot(
     ax.set_ylabel("samples")
     ax.set_title(f"AUM of {run.run_dir.name}: {len(aum):,} samples, {len(result.epochs)} epochs")
     ax.legend()
-    paths.append(_save(fig, out_path / HISTOGRAM_PNG))
-    plt.close(fig)
+    figures.append((HISTOGRAM_PNG, fig))
 
     order = np.argsort(np.where(finite & ~is_thr, aum, np.inf), kind="stable")
     low = [_plain(i) for i in sample_ids[order[: min(lowest, int((finite & ~is_thr).sum()))]]]
@@ -199,7 +200,8 @@ def plot(
     if missing:
         raise InputError(f"sample id(s) {sorted(missing, key=str)[:5]} are not in {run.run_dir}")
     curves = margin_curves(run.run_dir, chosen, epochs=selection)
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    aum_of = dict(zip((_plain(i) for i in sample_ids), aum.tolist(), strict=True))
+    fig, ax = plt.subplots(figsize=(8.5, 4.6), layout="constrained")
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.plot(curves.epochs, curves.mean_margin, color="black", linestyle="--", label="mean, all")
     low_set = set(low)
@@ -208,33 +210,51 @@ def plot(
         ax.plot(
             curves.epochs,
             curves.margins[k],
-            color="tab:red" if is_low else None,
-            alpha=0.45 if is_low else 0.95,
+            alpha=0.6 if is_low else 0.95,
             linewidth=1.0 if is_low else 1.8,
+            linestyle=":" if is_low else "-",
             marker=None if len(curves.epochs) > 30 else ".",
-            label=None if is_low else f"id {sid}",
+            label=f"id {sid} (AUM {aum_of[sid]:.3g})",
         )
-    if low:
-        ax.plot([], [], color="tab:red", alpha=0.45, label=f"{len(low)} lowest AUM")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("margin (assigned logit - largest other)")
-    ax.set_title("Margin over training: clean samples rise, mislabeled ones stay below zero")
-    ax.legend(fontsize="small", ncols=2)
-    paths.append(_save(fig, out_path / MARGINS_PNG))
-    plt.close(fig)
+    parts = [f"{len(low)} lowest-AUM samples (dotted)"] if low else []
+    if wanted:
+        parts.append(f"{len(wanted)} chosen (solid)")
+    ax.set_title(f"Margin per epoch in {run.run_dir.name}: " + " and ".join(parts or ["mean only"]))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    figures.append((MARGINS_PNG, fig))
 
     if known is not None:
         classes = np.arange(max(known.num_classes, 1))
         counts = np.array([known.per_class.get(int(c), 0) for c in classes])
-        fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
-        ax.bar(classes, counts, color="tab:red")
-        ax.set_xticks(classes)
-        ax.set_xlabel("given label")
-        ax.set_ylabel("flagged samples")
-        ax.set_title(f"Flagged as mislabeled: {int(counts.sum()):,} samples")
-        paths.append(_save(fig, out_path / FLAGGED_PNG))
-        plt.close(fig)
-    return paths
+        labels = table["target"].to_numpy()[~is_thr]
+        totals = np.array([(labels == c).sum() for c in classes])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(totals > 0, 100.0 * counts / np.maximum(totals, 1), 0.0)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+        left.bar(classes, counts, color="tab:red")
+        left.set_ylabel("flagged samples")
+        right.bar(classes, rate, color="tab:purple")
+        right.set_ylabel("flagged, % of the label's samples")
+        for axis in (left, right):
+            axis.set_xticks(classes)
+            axis.set_xlabel("given label")
+        fig.suptitle(
+            f"Flagged as mislabeled: {int(counts.sum()):,} of {int(totals.sum()):,} samples, "
+            "by given label"
+        )
+        figures.append((FLAGGED_PNG, fig))
+    try:
+        with outputs:
+            for name, figure in figures:
+                with writing(outputs.out_dir, name), outputs.open(name) as fh:
+                    figure.savefig(fh, format="png", dpi=110)
+            return outputs.commit()
+    finally:
+        for _, figure in figures:
+            plt.close(figure)
 
 
 @dataclass
@@ -310,14 +330,3 @@ def _as_ids(ids: Sequence[Any], id_kind: str) -> np.ndarray:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise AumReplayError(f"{path}: cannot write ({exc.strerror})") from None
-    return path

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-import torch
 
 from aum_replay.accumulate import MarginAccumulator, occurrence_rank
 from aum_replay.csvout import (
@@ -32,15 +31,15 @@ from aum_replay.csvout import (
     FULL_NAME,
     VALUES_COLUMNS,
     VALUES_NAME,
-    AtomicCsv,
-    prepare_out_dir,
+    CsvWriter,
     sort_values,
     to_frame,
 )
 from aum_replay.epochs import EpochSelection
 from aum_replay.errors import InputError
-from aum_replay.format import STORED_DTYPES, ShardInfo, ShardReader
-from aum_replay.margins import NUMPY_DTYPES, Margins, margin_values, margins
+from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader
+from aum_replay.kernels import BlockMargins, block_margins, loaded_torch, margin_values
+from aum_replay.outputs import SCRATCH_PREFIX, OutputSet, writing
 from aum_replay.run import IdIndex, Run, check_targets, open_run, scan_ids
 
 __all__ = [
@@ -101,6 +100,9 @@ class ComputeResult:
     threshold: dict[str, Any] | None
     seconds: float
     aum: pl.DataFrame = field(repr=False)
+    removed: list[Path] = field(default_factory=list)
+    """Files removed from ``out_dir``: an older ``full_aum_records.csv`` that a values-only
+    replay replaced, and what killed commands left behind (temporaries, scratch)."""
 
 
 def compute(
@@ -137,10 +139,12 @@ def compute(
         ``"first"`` (default): an id seen twice in one epoch (DDP padding, a restarted epoch)
         counts once, the first time; ``"all"``: every row counts, as the seed did.
     device
-        Torch device for the margin kernel (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        Where the margin kernel runs: ``"cpu"`` (numpy; torch is not imported) or a torch
+        device such as ``"cuda"`` or ``"cuda:1"``.
     threads
-        Torch intra-op threads during the replay; default 1 (robust on busy machines). ``None``
-        leaves torch's setting alone.
+        Torch intra-op threads during the replay, where torch is used (a device other than the
+        CPU, or torch already imported); default 1 (robust on busy machines). ``None`` leaves
+        torch's setting alone.
     workers
         Threads that read blocks and compute their margins side by side; default 2. Each holds
         one block; more than the machine's cores gains nothing. 0 does everything in the
@@ -167,25 +171,25 @@ def compute(
         raise InputError(f"duplicates must be 'first' or 'all', not {duplicates!r}")
     if workers < 0:
         raise InputError(f"workers must be 0 or more, not {workers}")
-    torch_device = _device(device)
+    kernel_device = _device(device)
     if isinstance(run_dir, Run):
         if epochs is not None:
             raise InputError("pass epochs to open_run(), not with an opened Run")
         run = run_dir
     else:
         run = open_run(run_dir, epochs)
-    with ExitStack() as outputs:
-        out_path = None
+    with ExitStack() as stack:
+        outputs = None
         if out_dir is not None:
-            out_path, created = prepare_out_dir(out_dir)
-            if created:  # an error below leaves no empty directory behind
-                outputs.callback(_remove_if_empty, out_path)
-        result = _compute(
+            # A values-only replay removes an older full_aum_records.csv: it would not match.
+            names = (VALUES_NAME, FULL_NAME) if full else (VALUES_NAME,)
+            outputs = stack.enter_context(OutputSet(out_dir, names, stale=(FULL_NAME,)))
+        return _compute(
             run,
-            out_path,
+            outputs,
             full=full,
             duplicates=duplicates,
-            device=torch_device,
+            device=kernel_device,
             threads=threads,
             workers=workers,
             block_bytes=block_bytes,
@@ -193,22 +197,15 @@ def compute(
             progress=progress,
             started=started,
         )
-        outputs.pop_all()
-    return result
-
-
-def _remove_if_empty(path: Path) -> None:
-    with suppress(OSError):
-        path.rmdir()
 
 
 def _compute(
     run: Run,
-    out_path: Path | None,
+    outputs: OutputSet | None,
     *,
     full: bool,
     duplicates: Duplicates,
-    device: torch.device,
+    device: Any,
     threads: int | None,
     workers: int,
     block_bytes: int,
@@ -220,6 +217,7 @@ def _compute(
     universe = scan.universe
     n = len(universe)
     acc = MarginAccumulator(n)
+    out_path = outputs.out_dir if outputs is not None else None
     keep_records = full and out_path is not None
     counts = None  # without full records, the counts need no running value
     if not keep_records:
@@ -229,11 +227,11 @@ def _compute(
             counts = acc.counts  # the ledger counts the rows it admits
     ledger = _Ledger(n, duplicates, counts, clean=scan.appearances is not None)
     nonfinite = 0
-    old_threads = torch.get_num_threads()
     with ExitStack() as stack:
-        if threads is not None:
+        torch = loaded_torch()  # the kernels use it when it is there (see row_max)
+        if threads is not None and torch is not None:
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(threads)
-            stack.callback(torch.set_num_threads, old_threads)
         spill = (
             stack.enter_context(_Spill.open(out_path, n, run.num_rows, spill_bytes))
             if keep_records
@@ -258,14 +256,20 @@ def _compute(
             }
         )
         values_path = full_path = None
-        if out_path is not None:
-            values_csv = stack.enter_context(AtomicCsv(out_path / VALUES_NAME, VALUES_COLUMNS))
-            values_csv.write({"sample_id": universe[order], "aum": aum[order]})
+        removed: list[Path] = []
+        if outputs is not None:
+            with writing(outputs.out_dir, VALUES_NAME):
+                values_csv = outputs.csv(VALUES_NAME, VALUES_COLUMNS)
+                values_csv.write({"sample_id": universe[order], "aum": aum[order]})
             if spill is not None:
-                full_csv = stack.enter_context(AtomicCsv(out_path / FULL_NAME, FULL_COLUMNS))
-                spill.write_sorted(full_csv, universe, acc.counts)
-                full_path = full_csv.commit()
-            values_path = values_csv.commit()
+                with writing(outputs.out_dir, FULL_NAME):
+                    full_csv = outputs.csv(FULL_NAME, FULL_COLUMNS)
+                    spill.write_sorted(full_csv, universe, acc.counts)
+                spill.close()  # the scratch space is freed before the commit
+            committed = outputs.commit()
+            values_path = committed[0]
+            full_path = committed[1] if len(committed) > 1 else None
+            removed = [*outputs.cleaned, *outputs.removed_stale]
     return ComputeResult(
         run_dir=run.run_dir,
         out_dir=out_path,
@@ -284,39 +288,65 @@ def _compute(
         threshold=run.threshold,
         seconds=time.perf_counter() - started,
         aum=table,
+        removed=removed,
     )
 
 
-def _device(device: str) -> torch.device:
+def _device(device: str) -> Any:
+    """``None`` for the CPU (the numpy kernel), else the torch device (torch is imported)."""
+    if device == "cpu":
+        return None
+    import torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown device {device!r} ({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cpu":
+        return None
     return dev
 
 
-Kernel = Callable[[torch.Tensor, np.ndarray], tuple[np.ndarray, Margins | None]]
+Kernel = Callable[[np.ndarray, np.ndarray, str], tuple[np.ndarray, BlockMargins | None]]
 
 
-def _kernel(device: torch.device, fields: bool) -> Kernel:
-    """The margin kernel for a block: ``(logits, targets) -> (margin, fields)``.
+def _kernel(device: Any, fields: bool) -> Kernel:
+    """The margin kernel for a block: ``(logits, targets, stored) -> (margin, fields)``.
 
-    ``margin`` is ``float64`` on the host; ``fields`` are all of :class:`Margins` (what the full
-    records need) or ``None`` when not asked for. The logits block is used as scratch.
+    ``logits`` is in its disk dtype (``stored`` names it); ``margin`` is ``float64`` on the
+    host; ``fields`` are all of :class:`~aum_replay.kernels.BlockMargins` (what the full records
+    need) or ``None`` when not asked for. The logits block is used as scratch. ``device`` is
+    ``None`` for the numpy kernel, else a torch device.
     """
-    lean = device.type == "cpu" and not fields
+    if device is None:
 
-    def kernel(logits: torch.Tensor, targets: np.ndarray) -> tuple[np.ndarray, Margins | None]:
-        if lean and logits.dtype in NUMPY_DTYPES:
-            return margin_values(logits.numpy(), targets), None
-        on_device = logits.to(device, non_blocking=True)
+        def on_host(
+            logits: np.ndarray, targets: np.ndarray, stored: str
+        ) -> tuple[np.ndarray, BlockMargins | None]:
+            if not fields:
+                return margin_values(logits, targets, stored), None
+            m = block_margins(logits, targets, stored)
+            return m.margin, m
+
+        return on_host
+
+    import torch
+
+    from aum_replay.format import torch_dtype
+    from aum_replay.margins import host_fields, margins
+
+    def on_device(
+        logits: np.ndarray, targets: np.ndarray, stored: str
+    ) -> tuple[np.ndarray, BlockMargins | None]:
+        block = torch.from_numpy(logits.view(np.int16) if stored == "bfloat16" else logits)
+        block = block.view(torch_dtype(stored)).to(device, non_blocking=True)
         labels = torch.from_numpy(targets).to(device, non_blocking=True)
-        m = margins(on_device, labels, inplace=True, with_index=fields)
-        return m.margin.cpu().numpy(), m if fields else None
+        m = margins(block, labels, inplace=True, with_index=fields)
+        return m.margin.cpu().numpy(), host_fields(m) if fields else None
 
-    return kernel
+    return on_device
 
 
 @dataclass
@@ -329,7 +359,7 @@ class _Block:
     """Dense sample index of every row."""
     margin: np.ndarray
     """Margin of every row (``float64``)."""
-    fields: Margins | None
+    fields: BlockMargins | None
     """Every output of the kernel, when the full records need them."""
     all_finite: bool
     """Every margin of the block is finite."""
@@ -428,7 +458,7 @@ def _stream(
         state = local.__dict__
         buffer = state.get(shard.stored_dtype)  # one per stored dtype (a run may change it)
         if buffer is None:
-            disk_dtype = STORED_DTYPES[shard.stored_dtype][0]
+            disk_dtype = DISK_DTYPES[shard.stored_dtype]
             buffer = state[shard.stored_dtype] = np.empty((longest, run.num_classes), disk_dtype)
         reader: ShardReader | None = state.get("reader")
         if reader is None or reader.info is not shard:
@@ -438,11 +468,11 @@ def _stream(
                     opened.remove(reader)
                 reader = state["reader"] = ShardReader(shard.path, info=shard)
                 opened.append(reader)
-        logits, targets = reader.read_block(start, stop, out=buffer)
+        logits, targets = reader.read_arrays(start, stop, out=buffer)
         check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")
         index = ids(reader.read_ids(start, stop))
         new_epoch = i > 0 and plan[i - 1][0].epoch != shard.epoch
-        margin, fields = kernel(logits, targets)
+        margin, fields = kernel(logits, targets, shard.stored_dtype)
         finite = bool(np.isfinite(margin.sum()))  # one pass, here rather than on the caller
         return _Block(targets, index, margin, fields, finite, new_epoch, plan_rows[i])
 
@@ -486,7 +516,7 @@ def _plan(run: Run, block_bytes: int) -> list[tuple[ShardInfo, int, int]]:
     """
     plan = []
     for shard in run.shards:
-        row_bytes = run.num_classes * STORED_DTYPES[shard.stored_dtype][0].itemsize
+        row_bytes = run.num_classes * DISK_DTYPES[shard.stored_dtype].itemsize
         chunk = shard.chunk_rows or max(1, block_bytes // row_bytes)
         if chunk * row_bytes <= block_bytes:  # whole chunks per block
             block_rows = chunk * (block_bytes // (chunk * row_bytes))
@@ -515,9 +545,7 @@ def _process(
     if keep is not None:  # dropped rows are a rare few: the kernel saw them, we drop them here
         index, targets, margin = index[keep], targets[keep], margin[keep]
         if m is not None:
-            keep_t = torch.from_numpy(keep).to(m.margin.device)
-            other = None if m.other_logit is None else m.other_logit[keep_t]
-            m = Margins(m.target_val[keep_t], other, m.other_val[keep_t], m.margin[keep_t])
+            m = BlockMargins(*(field[keep] for field in m))
     nonfinite = 0 if block.all_finite else int((~np.isfinite(margin)).sum())
     unique = ledger.unique_rows
     if spill is None:
@@ -530,7 +558,7 @@ def _process(
     return nonfinite
 
 
-def write_records(csv: AtomicCsv, parts: Iterable[np.ndarray], ids: np.ndarray) -> None:
+def write_records(csv: CsvWriter, parts: Iterable[np.ndarray], ids: np.ndarray) -> None:
     """Write full records, already in file order, to ``csv``.
 
     ``parts`` are arrays of :data:`RECORD_DTYPE` whose ``index`` field indexes ``ids``.
@@ -552,29 +580,22 @@ def write_records(csv: AtomicCsv, parts: Iterable[np.ndarray], ids: np.ndarray) 
 def make_records(
     index: np.ndarray,
     targets: np.ndarray,
-    m: Margins,
+    m: BlockMargins,
     margin: np.ndarray,
     counts: np.ndarray,
     aum: np.ndarray,
 ) -> np.ndarray:
     """Full records (B,) of :data:`RECORD_DTYPE` from one block's kernel and accumulator output."""
-    assert m.other_logit is not None, "full records need the kernel's other_logit"
     records = np.empty(len(index), dtype=RECORD_DTYPE)
     records["index"] = index
     records["num_measurements"] = counts
     records["target_logit"] = targets
-    records["target_val"] = _host(m.target_val)  # numpy widens float16/32 exactly on assignment
-    records["other_logit"] = _host(m.other_logit)
-    records["other_val"] = _host(m.other_val)
+    records["target_val"] = m.target_val
+    records["other_logit"] = m.other_logit
+    records["other_val"] = m.other_val
     records["margin"] = margin
     records["aum"] = aum
     return records
-
-
-def _host(values: torch.Tensor) -> np.ndarray:
-    if values.dtype == torch.bfloat16:  # numpy has no bfloat16: widen in torch (exact)
-        values = values.to(torch.float64)
-    return values.detach().cpu().numpy()
 
 
 def _words(records: np.ndarray) -> np.ndarray:
@@ -607,16 +628,22 @@ class _Spill:
     def open(cls, out_dir: Path | None, n: int, max_rows: int, budget: int) -> Iterator[_Spill]:
         buckets = max(1, -(-max_rows * RECORD_DTYPE.itemsize // max(budget, 1)))
         scratch = None
-        if buckets > 1:
-            scratch = Path(tempfile.mkdtemp(prefix=".aum-replay-spill-", dir=out_dir))
-        spill = cls(scratch, n, buckets)
+        with writing(out_dir or Path("."), "scratch space for the full records"):
+            if buckets > 1:
+                scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX + "spill-", dir=out_dir))
+            spill = cls(scratch, n, buckets)
         try:
             yield spill
         finally:
-            for fh in spill.files:
-                fh.close()
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
+            spill.close()
+
+    def close(self) -> None:
+        """Free the scratch files (idempotent)."""
+        for fh in self.files:
+            fh.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
     def add(self, records: np.ndarray) -> None:
         if self.buckets == 1:
@@ -626,10 +653,12 @@ class _Spill:
         order = np.argsort(bucket, kind="stable")  # a radix sort for 16-bit keys
         bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
         ordered = _words(records)[order]  # rows of 8 words: ~3x faster than the struct
-        for b in range(self.buckets):
-            lo, hi = bounds[b], bounds[b + 1]
-            if hi > lo:
-                self.files[b].write(ordered[lo:hi].tobytes())
+        assert self.scratch is not None
+        with writing(self.scratch.parent, "scratch space for the full records"):
+            for b in range(self.buckets):
+                lo, hi = bounds[b], bounds[b + 1]
+                if hi > lo:
+                    self.files[b].write(ordered[lo:hi].tobytes())
 
     def _bucket(self, b: int) -> np.ndarray:
         if self.buckets == 1:
@@ -640,7 +669,7 @@ class _Spill:
         fh.close()
         return np.fromfile(fh.name, dtype=RECORD_DTYPE)
 
-    def write_sorted(self, csv: AtomicCsv, universe: np.ndarray, counts: np.ndarray) -> None:
+    def write_sorted(self, csv: CsvWriter, universe: np.ndarray, counts: np.ndarray) -> None:
         """Write every record to ``csv`` sorted by (sample_id, num_measurements).
 
         ``counts`` (N,) are the final measurement counts: sample i's k-th record goes to row

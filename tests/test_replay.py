@@ -23,10 +23,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aum_replay.replay as replay_module
-from aum_replay import InputError, LogitLogger, compute
+from aum_replay import InputError, LogitLogger, compute, kernels
 from aum_replay.csvout import FULL_NAME, VALUES_NAME
 
 Id = int | str
+
+
+@pytest.fixture(autouse=True, params=["numpy", "loaded-torch"])
+def kernel_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: the pure-numpy kernels (the CLI's, which never imports torch) and the
+    ones that borrow torch where this process already imported it (a notebook's)."""
+    monkeypatch.setattr(kernels, "USE_LOADED_TORCH", request.param == "loaded-torch")
+    return str(request.param)
 
 
 @dataclass(frozen=True)
