@@ -1,15 +1,16 @@
 """aum-replay: record logits during training, replay Area Under the Margin (AUM) afterwards.
 
-The replay side is imported here; the torch side (``LogitLogger``, ``AUMCalculator``, the
-dataset wrappers) and the plots on first use (PEP 562), so that ``import aum_replay`` and the
-``aum-replay`` command never pay for torch (1.5-2 s) or matplotlib unless they use them.
-``flag`` is imported eagerly: its module shares the name, and importing the module later would
-shadow the function.
+Every name below is imported on first use (PEP 562), so that ``import aum_replay`` and the
+``aum-replay`` command pay only for what they use: torch (1.5-2 s) only for the training side
+(``LogitLogger``, ``AUMCalculator``, the dataset wrappers), polars and h5py only for a replay,
+matplotlib only for plots.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from aum_replay._version import __version__
@@ -20,21 +21,25 @@ from aum_replay.errors import (
     RecordingError,
     RunLockedError,
 )
-from aum_replay.flag import FlagResult, flag
-from aum_replay.replay import ComputeResult, compute
 
 if TYPE_CHECKING:
     from aum_replay.compat import AUMCalculator, AUMRecord, DatasetWithIndex
+    from aum_replay.flag import FlagResult, flag
     from aum_replay.logger import LogitLogger
     from aum_replay.plots import plot
+    from aum_replay.replay import ComputeResult, compute
     from aum_replay.threshold_data import ThresholdSampleDataset
 
 _LAZY = {
     "AUMCalculator": "aum_replay.compat",
     "AUMRecord": "aum_replay.compat",
+    "ComputeResult": "aum_replay.replay",
     "DatasetWithIndex": "aum_replay.compat",
+    "FlagResult": "aum_replay.flag",
     "LogitLogger": "aum_replay.logger",
     "ThresholdSampleDataset": "aum_replay.threshold_data",
+    "compute": "aum_replay.replay",
+    "flag": "aum_replay.flag",
     "plot": "aum_replay.plots",
 }
 
@@ -69,3 +74,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """This package's module type: ``aum_replay.flag`` stays the function.
+
+    Importing the submodule ``aum_replay.flag`` makes Python set the package's attribute ``flag``
+    to that module, which would shadow the lazily imported function of the same name.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "flag" and isinstance(value, types.ModuleType):
+            return  # the module is in sys.modules; the attribute is the function
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -112,6 +112,11 @@ def normalize_ids(sample_ids: Any, rows: int) -> tuple[np.ndarray, str]:
 def _from_sequence(values: list[Any] | tuple[Any, ...]) -> tuple[np.ndarray, str]:
     if not values:
         return np.zeros(0, dtype=np.int64), "int"
+    if set(map(type, values)) == {int}:  # the common case (ids.tolist()), checked in C
+        try:
+            return np.array(values, dtype=np.int64), "int"
+        except OverflowError:
+            pass  # the checks below name the value
     ints = strs = 0
     for v in values:
         if isinstance(v, str):

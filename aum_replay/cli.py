@@ -11,11 +11,11 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,10 +29,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from aum_replay import format as shard_format
 from aum_replay._version import __version__
 from aum_replay.epochs import parse_epochs
 from aum_replay.errors import AumReplayError
+
+if TYPE_CHECKING:
+    from aum_replay.replay import ComputeResult
 
 app = typer.Typer(
     name="aum-replay",
@@ -143,6 +145,10 @@ def _errors_to_exit(func: F) -> F:
         except AumReplayError as exc:
             err.print(f"aum-replay: error: {exc}", markup=False)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            # Outputs are committed as a set at the very end: stopping now changes nothing.
+            err.print("aum-replay: interrupted; no output was changed", markup=False)
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -176,6 +182,8 @@ def _hang_watchdog() -> Iterator[None]:
     watcher process turns that into the one-line error naming the shard. Every command
     validates its shards before it writes anything, so nothing is left half-made.
     """
+    from aum_replay import format as shard_format  # here: --help and --version need no h5py
+
     try:
         limit = float(os.environ.get(SHARD_TIMEOUT_ENV, "60"))
     except ValueError:
@@ -279,8 +287,7 @@ def compute(
         )
     if quiet:
         return
-    for tmp in result.temporaries:
-        err.print(f"note: ignored unfinished temporary file {tmp.name}", markup=False)
+    _notes([result])
     epochs_text = _epochs_text(result.epochs)
     out.print(
         f"{result.num_samples:,} samples, {result.num_measurements:,} measurements over "
@@ -304,6 +311,21 @@ def compute(
     for path in result.removed:
         out.print(f"removed {path}", markup=False)
     out.print(f"done in {result.seconds:.2f} s", markup=False)
+
+
+def _notes(results: Iterable[ComputeResult]) -> None:
+    """Say which files of the run directories were ignored, and why."""
+    for result in results:
+        for tmp in result.temporaries:
+            err.print(
+                f"note: ignored unfinished temporary file {tmp.name} in {tmp.parent}", markup=False
+            )
+        for path in result.lookalikes:
+            err.print(
+                f"note: ignored {path.name} in {path.parent}: not named like a shard "
+                "(epoch_NNNNN.rank_NNN.h5, zero-padded)",
+                markup=False,
+            )
 
 
 def _epochs_text(epochs: list[int]) -> str:
@@ -364,6 +386,12 @@ def info(run_dir: RunDir) -> None:
         out.print(
             f"leftover  {len(run.temporaries)} unfinished temporary file(s), ignored: "
             + ", ".join(p.name for p in run.temporaries),
+            markup=False,
+        )
+    if run.lookalikes:
+        out.print(
+            f"ignored   {len(run.lookalikes)} file(s) not named like a shard "
+            "(epoch_NNNNN.rank_NNN.h5): " + ", ".join(p.name for p in run.lookalikes),
             markup=False,
         )
 
@@ -464,6 +492,7 @@ def flag_command(
         raise typer.Exit(2) from None
     if quiet:
         return
+    _notes(run.result for run in result.runs)
     for i, run in enumerate(result.runs, start=1):
         if run.alpha_source == "threshold":
             how = f"{percentile:g}th percentile of {run.num_threshold:,} threshold samples"
@@ -630,9 +659,10 @@ def _stage_progress(
 ) -> Iterator[Callable[[str, int, int], None] | None]:
     """A progress bar on stderr whose description follows the stages of a long job.
 
-    It appears at the first update, so an error before any work prints one line only.
+    It appears at the first update, so an error before any work prints one line only, and only
+    on a terminal: a log file gets no bar (and no stray line where it was).
     """
-    if quiet:
+    if quiet or not err.is_terminal:
         yield None
         return
     bar = Progress(

@@ -17,7 +17,8 @@ bit for bit, without the per-sample Python loop and without the original's defec
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,12 @@ SampleId = int | str
 TABLE_LIMIT = 1 << 26  # int ids below this use a lookup table (8 bytes per id value)
 
 
-@dataclass(slots=True)
+@dataclass
 class AUMRecord:
-    """Class for holding info around an aum update for a single sample (the seed's fields)."""
+    """Class for holding info around an aum update for a single sample (the seed's fields).
+
+    A plain dataclass like the seed's, so ``vars(record)`` and ``dataclasses.asdict`` work.
+    """
 
     sample_id: SampleId
     num_measurements: int
@@ -260,6 +264,63 @@ class AUMCalculator:
             i = self._index[sid] = len(self._ids)
             self._ids.append(sid)
         return i
+
+    # ------------------------------------------------------------ the seed's attributes
+    # The seed kept these as Python containers it updated per sample; here the state is arrays,
+    # and these are views built on access: O(samples) (``records``: O(measurements)) per call,
+    # so read them once after training rather than inside the loop.
+    @property
+    def counts(self) -> defaultdict[SampleId, int]:
+        """Sample id -> number of measurements so far (a new ``defaultdict(int)`` each call)."""
+        n = len(self._ids)
+        return defaultdict(int, zip(self._ids, self._acc.counts[:n].tolist(), strict=True))
+
+    @property
+    def sums(self) -> defaultdict[SampleId, float]:
+        """Sample id -> sum of its margins so far (a new ``defaultdict(float)`` each call)."""
+        n = len(self._ids)
+        return defaultdict(float, zip(self._ids, self._acc.sums[:n].tolist(), strict=True))
+
+    @property
+    def records(self) -> list[AUMRecord]:
+        """Every measurement as an :class:`AUMRecord`, in update order (``compressed=False``).
+
+        As in the seed, a compressed calculator has no records (``AttributeError``).
+        """
+        if self.compressed:
+            raise AttributeError("'AUMCalculator' object has no attribute 'records' (compressed)")
+        if not self._records:
+            return []
+        parts = np.concatenate(self._records)
+        ids = self._ids
+        return [
+            AUMRecord(ids[i], n, t, tv, o, ov, m, a)
+            for i, n, t, tv, o, ov, m, a in zip(
+                parts["index"].tolist(),
+                parts["num_measurements"].tolist(),
+                parts["target_logit"].tolist(),
+                parts["target_val"].tolist(),
+                parts["other_logit"].tolist(),
+                parts["other_val"].tolist(),
+                parts["margin"].tolist(),
+                parts["aum"].tolist(),
+                strict=True,
+            )
+        ]
+
+    @staticmethod
+    def records_to_df(records: list[AUMRecord]) -> Any:
+        """The seed's helper: records as a pandas DataFrame sorted by sample_id, num_measurements.
+
+        Needs pandas (the seed depended on it; aum-replay does not).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise InputError("records_to_df needs pandas: pip install pandas") from None
+        df = pd.DataFrame([asdict(record) for record in records])
+        df.sort_values(by=["sample_id", "num_measurements"], inplace=True)
+        return df
 
     def end_epoch(self) -> None:
         """With ``log_dir``: publish the current epoch's shard and start the next epoch."""

@@ -33,6 +33,7 @@ from aum_replay.errors import InputError
 from aum_replay.flag import FlagResult, flag
 from aum_replay.format import list_shards
 from aum_replay.logger import LogitLogger
+from aum_replay.outputs import OutputSet, describe_os_error
 from aum_replay.plots import plot
 from aum_replay.replay import compute
 from aum_replay.threshold_data import ThresholdSampleDataset
@@ -313,6 +314,7 @@ def run_demo(
         raise InputError(f"epochs must be at least 1, not {config.epochs}")
     report: Progress = progress or (lambda stage, done, total: None)
     root = Path(out_dir).expanduser()
+    _check_paths(root)
     x, y = load_digits_data()
     noisy, flipped = corrupt_labels(y, noise, mode=mode, seed=seed)
     base = TensorDataset(torch.from_numpy(x), torch.from_numpy(noisy))
@@ -323,7 +325,10 @@ def run_demo(
         for set_index in (1, 2):
             stage = f"train set {set_index}"
             run_dir = root / "runs" / f"set{set_index}"
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"{run_dir}: cannot create ({describe_os_error(exc)})") from None
             for _, _, stale in list_shards(run_dir):
                 stale.unlink()  # a previous demo's shards: this run replaces them
             data = ThresholdSampleDataset(base, NUM_CLASSES, set_index=set_index, seed=seed)
@@ -390,3 +395,10 @@ def run_demo(
         config=config,
         flags=flags,
     )
+
+
+def _check_paths(root: Path) -> None:
+    """Fail before training when something is in the way of what the demo writes."""
+    OutputSet(root, ("labels.csv",)).check()
+    for folder in ("runs/set1", "runs/set2", "aum/set1", "aum/set2", "flags", "plots"):
+        OutputSet(root / folder, ()).check()

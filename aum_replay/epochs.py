@@ -86,8 +86,13 @@ def parse_epochs(spec: str | None) -> EpochSelection:
     InputError
         If ``spec`` is malformed; the message shows the accepted forms.
     """
-    if spec is None or spec.strip() in ("", "all"):
+    if spec is None or spec.strip() == "all":
         return EpochSelection("all", (("all", None, None),))
+    if not spec.strip() or not spec.replace(",", "").strip():
+        raise InputError(
+            f"empty epoch selection {spec!r}; leave it out (or say 'all') to count every epoch, "
+            "or use N, A:B, A:, :B, skip:K, first:K or last:K"
+        )
     terms: list[tuple[str, int | None, int | None]] = []
     for raw in spec.split(","):
         term = raw.strip().replace(" ", "")

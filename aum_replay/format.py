@@ -47,6 +47,7 @@ __all__ = [
     "ShardInfo",
     "ShardReader",
     "ShardWriter",
+    "list_lookalikes",
     "list_shards",
     "list_temporaries",
     "read_all_ids",
@@ -109,6 +110,18 @@ def list_shards(run_dir: Path) -> list[tuple[int, int, Path]]:
         if m and entry.is_file():
             found.append((int(m.group(1)), int(m.group(2)), Path(entry.path)))
     return sorted(found)
+
+
+def list_lookalikes(run_dir: Path) -> list[Path]:
+    """Files that look like shards but are not named like one (``epoch_1.rank_0.h5``, a renamed
+    copy): readers ignore them, and the commands say so."""
+    return sorted(
+        Path(e.path)
+        for e in os.scandir(run_dir)
+        if (e.name.lower().endswith(".h5") or e.name.startswith("epoch_"))
+        and not SHARD_RE.match(e.name)
+        and not e.name.endswith(TMP_SUFFIX)
+    )
 
 
 def list_temporaries(run_dir: Path) -> list[Path]:

@@ -100,6 +100,8 @@ class ComputeResult:
     threshold: dict[str, Any] | None
     seconds: float
     aum: pl.DataFrame = field(repr=False)
+    lookalikes: list[Path] = field(default_factory=list)
+    """Files in the run directory named almost like shards, ignored (see ``Run.lookalikes``)."""
     removed: list[Path] = field(default_factory=list)
     """Files removed from ``out_dir``: an older ``full_aum_records.csv`` that a values-only
     replay replaced, and what killed commands left behind (temporaries, scratch)."""
@@ -288,6 +290,7 @@ def _compute(
         threshold=run.threshold,
         seconds=time.perf_counter() - started,
         aum=table,
+        lookalikes=list(run.lookalikes),
         removed=removed,
     )
 

@@ -13,6 +13,7 @@ from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import FormatError, InputError
 from aum_replay.format import (
     ShardInfo,
+    list_lookalikes,
     list_shards,
     list_temporaries,
     read_all_ids,
@@ -48,6 +49,8 @@ class Run:
         Leftover temporary files (ignored).
     num_classes, id_kind
         Common to every selected shard.
+    lookalikes
+        Files named almost like shards (``epoch_1.rank_0.h5``): ignored.
     """
 
     run_dir: Path
@@ -56,6 +59,7 @@ class Run:
     temporaries: tuple[Path, ...]
     num_classes: int
     id_kind: str
+    lookalikes: tuple[Path, ...] = ()
 
     @property
     def epochs(self) -> list[int]:
@@ -99,6 +103,12 @@ def open_run(run_dir: str | Path, epochs: str | EpochSelection | None = None) ->
     temporaries = tuple(list_temporaries(path))
     if not found:
         extra = f" (only {len(temporaries)} unfinished temporary file(s))" if temporaries else ""
+        lookalikes = list_lookalikes(path)
+        if lookalikes:
+            extra += (
+                f"; {lookalikes[0].name} looks like a shard but is not named like one (zero-padded "
+                "epoch_NNNNN.rank_NNN.h5)"
+            )
         raise FormatError(f"{path}: no shards (epoch_NNNNN.rank_NNN.h5) found{extra}")
     selection = epochs if isinstance(epochs, EpochSelection) else parse_epochs(epochs)
     all_epochs = tuple(sorted({e for e, _, _ in found}))
@@ -126,7 +136,15 @@ def open_run(run_dir: str | Path, epochs: str | EpochSelection | None = None) ->
                 f"{info.path}: {info.id_kind} sample ids, but {first.path.name} has "
                 f"{first.id_kind} ids; a run must keep one id kind"
             )
-    return Run(path, tuple(infos), all_epochs, temporaries, first.num_classes, first.id_kind)
+    return Run(
+        path,
+        tuple(infos),
+        all_epochs,
+        temporaries,
+        first.num_classes,
+        first.id_kind,
+        tuple(list_lookalikes(path)),
+    )
 
 
 def build_universe(shards: Sequence[ShardInfo], id_kind: str) -> np.ndarray:

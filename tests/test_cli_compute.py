@@ -171,7 +171,7 @@ def test_unwritable_output_dir(run_dir: Path, tmp_path: Path) -> None:
     code, stdout, stderr = invoke("compute", run_dir, "-o", blocker / "out")
     assert code == 1, stdout + stderr
     assert stderr.startswith("aum-replay: error: ") and len(stderr.splitlines()) == 1
-    assert "not writable" in stderr and str(blocker) in stderr
+    assert "is a file, not a directory" in stderr and str(blocker) in stderr
     assert blocker.read_text() == "x"
 
 

@@ -299,3 +299,26 @@ def test_negative_huge_and_small_int_ids_mix(tmp_path: Path) -> None:
     ref_dir, our_dir = _run_both(tmp_path, batches())
     for name in ("full_aum_records.csv", "aum_values.csv"):
         assert (our_dir / name).read_text() == (ref_dir / name).read_text()
+
+
+@pytest.mark.parametrize("ints", [True, False])
+def test_the_seeds_attributes_and_records_to_df(tmp_path: Path, ints: bool) -> None:
+    """counts, sums, records, vars(record) and records_to_df mean what they meant in the seed."""
+    gen = torch.Generator().manual_seed(3)
+    ref = aum.AUMCalculator(str(tmp_path / "ref"), compressed=False)
+    ours = AUMCalculator(tmp_path / "ours", compressed=False)
+    for _ in range(3):
+        picked = torch.randperm(12, generator=gen)[:9].tolist()
+        ids = picked if ints else [f"s{i}" for i in picked]
+        logits = torch.randn(9, 4, generator=gen)
+        targets = torch.randint(0, 4, (9,), generator=gen)
+        ref.update(logits, targets, ids)
+        ours.update(logits, targets, ids)
+    assert dict(ours.counts) == dict(ref.counts) and dict(ours.sums) == dict(ref.sums)
+    assert ours.counts["never seen" if not ints else 99] == 0  # a defaultdict, as in the seed
+    assert [vars(r) for r in ours.records] == [vars(r) for r in ref.records]
+    expected = aum.AUMCalculator.records_to_df(ref.records)
+    assert AUMCalculator.records_to_df(ours.records).equals(expected)
+    compressed = AUMCalculator(tmp_path / "c")
+    with pytest.raises(AttributeError):
+        _ = compressed.records  # the seed has no records when compressed

@@ -17,7 +17,6 @@ GAPPY = [0, 2, 3, 7, 11]
     ("spec", "available", "expected"),
     [
         (None, RUN, RUN),
-        ("", RUN, RUN),
         ("all", RUN, RUN),
         ("3", RUN, [3]),
         ("1:4", RUN, [1, 2, 3]),
@@ -52,6 +51,9 @@ def test_selection(spec: str | None, available: list[int], expected: list[int]) 
 @pytest.mark.parametrize(
     "spec",
     [
+        "",  # an empty --epochs is a mistake (a shell variable that was not set), not "all"
+        " ",
+        ",",
         "x",
         "1:2:3",
         "-1",

@@ -104,7 +104,7 @@ def reference(run_dir: Path, epochs: int, batch: int, compressed: bool) -> dict[
     }
 
 
-def child(run_dir: str, out_dir: str, epochs: str, full: bool) -> None:
+def child(run_dir: str, out_dir: str, epochs: str, full: bool, numpy_only: bool) -> None:
     """Run the replay twice in this fresh process and print its figures.
 
     ``first_seconds`` is the first call (what a one-off CLI run pays, torch's import aside);
@@ -113,8 +113,10 @@ def child(run_dir: str, out_dir: str, epochs: str, full: bool) -> None:
     the first call's 90 MB of CSV would add the kernel's freeing of the old file (~0.1-0.2 s
     here) to a measurement of the replay. Peak RSS covers both calls.
     """
-    from aum_replay import compute
+    from aum_replay import compute, kernels
 
+    # This script imports torch, so the kernels would borrow it; the CLI never imports torch.
+    kernels.USE_LOADED_TORCH = not numpy_only
     times = []
     for call in range(2):
         started = time.perf_counter()
@@ -134,9 +136,12 @@ def child(run_dir: str, out_dir: str, epochs: str, full: bool) -> None:
     )
 
 
-def replay(run_dir: Path, out_dir: Path, epochs: str, full: bool) -> dict[str, float]:
+def replay(
+    run_dir: Path, out_dir: Path, epochs: str, full: bool, numpy_only: bool = False
+) -> dict[str, float]:
     args = [sys.executable, __file__, "--child", str(run_dir), str(out_dir), epochs]
     args += ["--full"] if full else []
+    args += ["--numpy-only"] if numpy_only else []
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"replay child failed:\n{done.stdout}\n{done.stderr}")
@@ -164,9 +169,10 @@ def main() -> None:
         "--child", nargs=3, metavar=("RUN", "OUT", "EPOCHS"), help=argparse.SUPPRESS
     )
     parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, full=args.full)
+        child(*args.child, full=args.full, numpy_only=args.numpy_only)
         return
 
     torch.set_num_threads(1)
@@ -184,6 +190,11 @@ def main() -> None:
         small = f":{args.small_epochs}"
         values = best([replay(run_dir, out, every, False) for _ in range(args.repeats)])
         full = best([replay(run_dir, out, every, True) for _ in range(max(1, args.repeats - 1))])
+        # The CLI's kernels: pure numpy, in a process that never imports torch.
+        values_np = best([replay(run_dir, out, every, False, True) for _ in range(args.repeats)])
+        full_np = best(
+            [replay(run_dir, out, every, True, True) for _ in range(max(1, args.repeats - 1))]
+        )
         values_small = replay(run_dir, out, small, False)
         full_small = replay(run_dir, out, small, True)
         ref_c = reference(run_dir, args.ref_epochs, args.batch, compressed=True)
@@ -208,6 +219,8 @@ def main() -> None:
         "full_s": round(full["seconds"], 3),
         "full_first_call_s": round(full["first_seconds"], 3),
         "full_se_per_s": round(full["se_per_s"]),
+        "values_only_numpy_kernels_s": round(values_np["seconds"], 3),
+        "full_numpy_kernels_s": round(full_np["seconds"], 3),
         "reference_epochs": args.ref_epochs,
         "reference_compressed_se_per_s": round(ref_c["se_per_s"]),
         "reference_uncompressed_se_per_s": round(ref_u["se_per_s"]),
@@ -225,6 +238,9 @@ def main() -> None:
         "values_vs_reference": values["se_per_s"] / ref_c["se_per_s"],
         "full_vs_reference_uncompressed": full["se_per_s"] / ref_u["se_per_s"],
         "values_time_vs_plain_read": values["seconds"] / read_s,
+        "values_numpy_kernels_vs_plain_read": values_np["seconds"] / read_s,
+        "values_numpy_kernels_vs_reference": values_np["se_per_s"] / ref_c["se_per_s"],
+        "full_numpy_kernels_vs_reference_uncompressed": full_np["se_per_s"] / ref_u["se_per_s"],
         "rss_values_large_vs_small": values["peak_rss_mib"] / values_small["peak_rss_mib"],
         "rss_full_large_vs_small": full["peak_rss_mib"] / full_small["peak_rss_mib"],
     }

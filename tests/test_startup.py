@@ -1,0 +1,88 @@
+"""Start-up: the replay commands never import torch (1.5-2 s of every call), nor an optional
+framework; ``import aum_replay`` loads only what a name needs when it is first used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from aum_replay import LogitLogger
+
+HEAVY = ("torch", "matplotlib", "lightning", "pytorch_lightning", "transformers", "dask", "pandas")
+
+CHECK = """
+import sys
+{body}
+heavy = sorted(m for m in {heavy!r} if m in sys.modules)
+print("loaded:", ",".join(heavy))
+"""
+
+
+def run_python(body: str) -> str:
+    code = CHECK.format(body=textwrap.dedent(body), heavy=HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("startup") / "run"
+    meta = {"sample_ids": [0, 5], "extra_class": 3}
+    with LogitLogger(run, threshold_samples=meta) as logger:
+        for epoch in range(2):
+            logger.log(torch.randn(12, 4), torch.arange(12) % 4, torch.arange(12), epoch=epoch)
+            logger.end_epoch()
+    return run
+
+
+def test_import_loads_nothing_heavy() -> None:
+    assert run_python("import aum_replay, aum_replay.cli") == "loaded:"
+
+
+@pytest.mark.parametrize("command", ["compute", "flag", "info"])
+def test_replay_commands_never_import_torch(run_dir: Path, tmp_path: Path, command: str) -> None:
+    args = [command, str(run_dir)] + ([] if command == "info" else ["-o", str(tmp_path / "o")])
+    body = f"""
+    from aum_replay.cli import main
+    sys.argv = ["aum-replay", *{args!r}]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+    """
+    assert run_python(body) == "loaded:"
+
+
+def test_the_library_replay_never_imports_torch(run_dir: Path, tmp_path: Path) -> None:
+    body = f"""
+    import aum_replay
+    result = aum_replay.flag({str(run_dir)!r}, {str(tmp_path / "f")!r})
+    assert result.num_scored == 10, result.num_scored
+    """
+    assert run_python(body) == "loaded:"
+
+
+def test_plot_imports_matplotlib_but_not_torch(run_dir: Path, tmp_path: Path) -> None:
+    body = f"""
+    import aum_replay
+    aum_replay.plot({str(run_dir)!r}, {str(tmp_path / "p")!r})
+    """
+    assert run_python(body) == "loaded: matplotlib"
+
+
+def test_the_training_side_still_works_by_name() -> None:
+    body = """
+    import aum_replay
+    assert aum_replay.LogitLogger.__name__ == "LogitLogger"
+    assert aum_replay.ThresholdSampleDataset.__module__ == "aum_replay.threshold_data"
+    from aum_replay.threshold import ThresholdSampleDataset  # the old home still works
+    import aum_replay.flag
+    assert callable(aum_replay.flag) and aum_replay.flag.__name__ == "flag"
+    """
+    assert "torch" in run_python(body)
