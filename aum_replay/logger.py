@@ -588,9 +588,15 @@ def _lock_rank(run_dir: Path, rank: int) -> int:
 def _lock_holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0).decode())
-        return f"pid {int(info['pid'])} on host {info['host']}"
+        pid, host = int(info["pid"]), str(info["host"])
     except (OSError, ValueError, KeyError, TypeError):
         return "another process (pid unknown)"
+    if pid == os.getpid() and host == socket.gethostname():
+        return (
+            f"pid {pid} on host {host}, this very process (an earlier LogitLogger on this run "
+            "and rank was never closed: close() it)"
+        )
+    return f"pid {pid} on host {host}"
 
 
 def _unlock(fd: int) -> None:

@@ -782,3 +782,14 @@ def test_cuda_logits_with_grad(tmp_path: Path) -> None:
     np.testing.assert_array_equal(bits(got), bits(logits))
     np.testing.assert_array_equal(got_targets, targets.numpy())
     np.testing.assert_array_equal(ids, order)
+
+
+def test_a_second_logger_of_one_rank_in_the_same_process_is_refused_until_the_first_closes(
+    tmp_path: Path,
+) -> None:
+    first = LogitLogger(tmp_path)
+    with pytest.raises(aum_replay.RunLockedError, match=r"this very process .* close\(\) it"):
+        LogitLogger(tmp_path)
+    LogitLogger(tmp_path, rank=1, world_size=2).close()  # another rank is free
+    first.close()
+    LogitLogger(tmp_path).close()  # free again
