@@ -74,11 +74,12 @@ ENV = {**os.environ, "PYTHONWARNINGS": "default", "OMP_NUM_THREADS": "1"}
 # ----------------------------------------------------------------------------- child scripts
 
 TRAIN = """
-import sys, torch
+import sys, time, torch
 from aum_replay import LogitLogger
 torch.set_num_threads(1)
 run_dir, on_error = sys.argv[1], sys.argv[2]
 rows, epochs, grow = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+pause = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 
 def batch(epoch, start, n):
     g = torch.Generator().manual_seed(1000 * epoch + start)
@@ -94,6 +95,7 @@ with LogitLogger(run_dir, chunk_bytes=64 << 10, **options) as logger:
             logger.log(logits, targets, torch.arange(start, start + n), epoch=epoch)
         if logger.end_epoch() is not None:
             print("published", epoch, flush=True)
+        time.sleep(pause)
 print("trained", flush=True)
 """
 
@@ -373,6 +375,47 @@ def logger_disk_full(work: Path, tally: Tally, timeout: float) -> None:
             rc, out, err = run(cmd, timeout, preexec_fn=pre)
             column, note = judge_logger(run_dir, rc, out, err, on_error, grow)
             tally.add(column, f"{fault} {amount} {on_error}: {note}")
+    if os.geteuid() == 0:  # a permission error: the run directory turns read-only mid-run
+        for on_error in ("default", "stop"):
+            tally.add(*permission_trial(work, train, on_error, timeout))
+
+
+def permission_trial(work: Path, train: Path, on_error: str, timeout: float) -> tuple[str, str]:
+    """After epoch 1 the run directory becomes read-only: a read-only bind mount over it (root
+    bypasses file modes), so creating epoch 2's shard fails with EROFS."""
+    run_dir = Path(tempfile.mkdtemp(dir=work)) / "run"
+    cmd = [PY, str(train), str(run_dir), on_error, str(EPOCH_ROWS), str(EPOCHS), "0", "0.3"]
+    mounted = False
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    ) as proc:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line == "published 1\n":
+                mounted = (
+                    subprocess.run(["mount", "--bind", str(run_dir), str(run_dir)]).returncode == 0
+                )
+                if mounted:
+                    ro = ["mount", "-o", "remount,bind,ro", str(run_dir)]
+                    subprocess.run(ro, check=True)
+                break
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            return "hang", "read-only run directory"
+        finally:
+            if mounted:
+                subprocess.run(["umount", "-l", str(run_dir)], check=False)
+    if not mounted:
+        return "ok", ""
+    out = "".join(lines) + out
+    if on_error == "default" and "read-only file system" not in err:
+        return "crash", f"exit {proc.returncode}: {err.strip()[-300:]}"
+    return judge_logger(run_dir, proc.returncode, out, err, on_error, 0)
 
 
 # ----------------------------------------------------------------------------- compute helpers
