@@ -579,6 +579,7 @@ def test_logits_dtype_must_not_change_within_an_epoch(tmp_path: Path) -> None:
         ({"compression": "zstd"}, "compression must be one of .* not 'zstd'"),
         ({"chunk_bytes": 100}, "chunk_bytes must be at least 1024, not 100"),
         ({"max_pending": 0}, "max_pending must be at least 1, not 0"),
+        ({"on_error": "ignore"}, "on_error must be one of .* not 'ignore'"),
         ({"rank": 2, "world_size": 2}, "rank 2 is outside world size 2"),
         ({"rank": -1, "world_size": 2}, "rank -1 is outside world size 2"),
         ({"metadata": {"f": object()}}, "metadata must be JSON-serialisable"),
@@ -626,6 +627,30 @@ def test_writer_failure_is_raised_on_end_epoch_and_published_shards_stay(
     assert list_temporaries(tmp_path) == []
     got, _, _, _ = read_shard(list_shards(tmp_path)[0][2])
     np.testing.assert_array_equal(bits(got), bits(rows[0][0]))
+
+
+def test_on_error_stop_warns_once_and_then_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [make_epoch(e) for e in range(3)]
+    logger = LogitLogger(tmp_path, chunk_bytes=1024, on_error="stop")
+    log_epochs(logger, [(0, *rows[0])])
+    logger.end_epoch()
+
+    def disk_full(self: ShardWriter, *args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ShardWriter, "append", disk_full)
+    log_epochs(logger, [(1, *rows[1])])
+    with pytest.warns(RuntimeWarning, match="recording stopped, training goes on") as caught:
+        assert logger.end_epoch() is None
+        monkeypatch.undo()
+        log_epochs(logger, [(2, *rows[2])])  # does nothing, warns no more
+        assert logger.end_epoch() is None
+        logger.close()
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert [e for e, _, _ in list_shards(tmp_path)] == [0]
+    assert list_temporaries(tmp_path) == []
 
 
 def test_writer_failure_is_raised_on_the_next_log(
