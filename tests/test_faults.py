@@ -223,3 +223,40 @@ def test_ids_and_epochs_that_would_wrap_are_refused_and_the_run_stays_readable(
     assert compute.exit_code == 0, compute.output
     rows = (out / "aum_values.csv").read_text().splitlines()[1:]
     assert sorted(int(r.split(",")[0]) for r in rows) == [-1, 5]
+
+
+FORKS = textwrap.dedent(
+    """
+    import os, sys, time
+    from aum_replay import LogitLogger
+    logger = LogitLogger(sys.argv[1])
+    child = os.fork()  # a DataLoader worker, say
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)  # killed here
+    """
+)
+
+
+def test_the_lock_goes_with_the_process_not_with_its_forked_children(tmp_path: Path) -> None:
+    script = tmp_path / "forks.py"
+    script.write_text(FORKS)
+    run_dir = tmp_path / "run"
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {parent.pid} "):
+            LogitLogger(run_dir)
+        parent.kill()
+        parent.wait(timeout=60)
+        os.kill(child, 0)  # the forked child still lives, with the lock file's descriptor closed
+        LogitLogger(run_dir).close()
+    finally:
+        parent.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
