@@ -32,13 +32,13 @@ from aum_replay.csvout import (
     FULL_NAME,
     VALUES_COLUMNS,
     VALUES_NAME,
-    AtomicCsv,
     sort_values,
 )
 from aum_replay.dataset import DatasetWithIndex
 from aum_replay.errors import InputError
 from aum_replay.logger import LogitLogger
 from aum_replay.margins import host_fields, margins
+from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import WRITE_ROWS, make_records, write_records
 
 __all__ = ["AUMCalculator", "AUMRecord", "BatchRecords", "DatasetWithIndex"]
@@ -344,20 +344,22 @@ class AUMCalculator:
         if not self._ids:
             raise InputError("finalize() called before any update(): there is no AUM to write")
         target = Path(save_dir if save_dir is not None else self.save_dir).expanduser()
-        target.mkdir(parents=True, exist_ok=True)
         if self._logger is not None:
             self._logger.close()
         ids = np.array(self._ids, dtype=np.int64 if self._id_kind == "int" else np.str_)
         aum = self._acc.aum()[: len(ids)]
         order = sort_values(ids, aum)
-        with AtomicCsv(target / VALUES_NAME, VALUES_COLUMNS) as values:
-            values.write({"sample_id": ids[order], "aum": aum[order]})
-        if self.compressed:
-            return
-        records = np.concatenate(self._records)
-        id_rank = np.empty(len(ids), dtype=np.int64)
-        id_rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
-        records = records[np.lexsort((records["num_measurements"], id_rank[records["index"]]))]
-        with AtomicCsv(target / FULL_NAME, FULL_COLUMNS) as full:
-            parts = (records[lo : lo + WRITE_ROWS] for lo in range(0, len(records), WRITE_ROWS))
-            write_records(full, parts, ids)
+        names = (VALUES_NAME,) if self.compressed else (VALUES_NAME, FULL_NAME)
+        with OutputSet(target, names) as outputs, writing(target, "the AUM files"):
+            outputs.csv(VALUES_NAME, VALUES_COLUMNS).write(
+                {"sample_id": ids[order], "aum": aum[order]}
+            )
+            if not self.compressed:
+                records = np.concatenate(self._records)
+                id_rank = np.empty(len(ids), dtype=np.int64)
+                id_rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+                order = np.lexsort((records["num_measurements"], id_rank[records["index"]]))
+                records = records[order]
+                parts = (records[lo : lo + WRITE_ROWS] for lo in range(0, len(records), WRITE_ROWS))
+                write_records(outputs.csv(FULL_NAME, FULL_COLUMNS), parts, ids)
+            outputs.commit()

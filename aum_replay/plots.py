@@ -19,7 +19,7 @@ import polars as pl
 
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
-from aum_replay.flag import MISLABELED_NAME, SUMMARY_NAME, FlagResult, flag
+from aum_replay.flag import DETAILS_NAME, MISLABELED_NAME, SUMMARY_NAME, FlagResult, flag
 from aum_replay.format import ShardReader
 from aum_replay.kernels import margin_values
 from aum_replay.outputs import OutputSet, writing
@@ -229,7 +229,7 @@ def plot(
     if known is not None:
         classes = np.arange(max(known.num_classes, 1))
         counts = np.array([known.per_class.get(int(c), 0) for c in classes])
-        labels = table["target"].to_numpy()[~is_thr]
+        labels = known.labels if known.labels is not None else table["target"].to_numpy()[~is_thr]
         totals = np.array([(labels == c).sum() for c in classes])
         with np.errstate(invalid="ignore", divide="ignore"):
             rate = np.where(totals > 0, 100.0 * counts / np.maximum(totals, 1), 0.0)
@@ -262,6 +262,8 @@ class _Flags:
     alpha: float | None
     per_class: dict[int, int]
     num_classes: int
+    labels: np.ndarray | None = None
+    """Given label of every scored sample (the denominators of the per-class rate)."""
 
 
 def _load_flags(
@@ -274,7 +276,8 @@ def _load_flags(
         return None
     if isinstance(flags, FlagResult):
         alpha = next((r.alpha for r in flags.runs if _same(r.run_dir, run.run_dir)), None)
-        return _Flags(alpha, dict(flags.flagged_per_class), num_classes)
+        given = flags.details["label"].drop_nulls().to_numpy()
+        return _Flags(alpha, dict(flags.flagged_per_class), num_classes, given)
     folder = Path(flags).expanduser()
     mislabeled = folder / MISLABELED_NAME
     if not mislabeled.is_file():
@@ -286,6 +289,13 @@ def _load_flags(
     per_class: dict[int, int] = {}
     for value in labels:
         per_class[int(value)] = per_class.get(int(value), 0) + 1
+    scored: np.ndarray | None = None
+    details = folder / DETAILS_NAME
+    if details.is_file():
+        try:
+            scored = pl.read_csv(details, columns=["label"])["label"].drop_nulls().to_numpy()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise InputError(f"{details}: cannot read ({exc})") from None
     alpha = None
     summary = folder / SUMMARY_NAME
     if summary.is_file():
@@ -299,7 +309,7 @@ def _load_flags(
                 and entry.get("alpha") is not None
             ):
                 alpha = float(entry["alpha"])
-    return _Flags(alpha, per_class, num_classes)
+    return _Flags(alpha, per_class, num_classes, scored)
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -156,3 +156,16 @@ def test_combine_flags_over_runs() -> None:
     # run; 4: never scored; 5: scored once, not flagged
     assert combine_flags(flags, scored).tolist() == [True, False, False, True, False, False]
     assert combine_flags(flags[0], scored[0]).tolist() == [True, True, False, False, False, False]
+
+
+def test_few_classes_warn_that_the_threshold_share_is_large() -> None:
+    import warnings
+
+    from aum_replay.threshold import ThresholdShareWarning
+
+    with pytest.warns(ThresholdShareWarning, match=r"20% of the 100 samples \(4 classes\)"):
+        ThresholdSampleDataset(_base(100, 4), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ThresholdSampleDataset(_base(110, 10), 10)  # 9%: quiet
+        ThresholdSampleDataset(_base(100, 4), 4, num_threshold=10)  # a smaller set: quiet
