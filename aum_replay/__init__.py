@@ -14,7 +14,13 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from aum_replay._version import __version__
-from aum_replay.errors import AumReplayError, FormatError, InputError
+from aum_replay.errors import (
+    AumReplayError,
+    FormatError,
+    InputError,
+    RecordingError,
+    RunLockedError,
+)
 
 if TYPE_CHECKING:
     from aum_replay.compat import AUMCalculator, AUMRecord, DatasetWithIndex
@@ -47,6 +53,8 @@ __all__ = [
     "FormatError",
     "InputError",
     "LogitLogger",
+    "RecordingError",
+    "RunLockedError",
     "ThresholdSampleDataset",
     "__version__",
     "compute",

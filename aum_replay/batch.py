@@ -2,6 +2,8 @@
 
 Sample ids are normalised here, once, at the boundary: tensors and numpy arrays of integers become
 an ``int64`` array, lists of strings an object array of ``str``. Tensors never become dict keys.
+Integer ids are stored as ``int64``: an id outside ``[-2**63, 2**63)`` (a ``uint64`` of ``2**63``
+or more, a Python int beyond int64) is refused, never wrapped onto another sample's id.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ def check_logits(logits: Any) -> torch.Tensor:
 
 
 def check_targets(targets: Any, rows: int, num_classes: int) -> np.ndarray:
-    """Targets as an ``int64`` array of shape (B,), each in ``[0, num_classes)``."""
+    """Targets as an ``int64`` array of shape (B,), each in ``[0, num_classes)``.
+
+    Empty targets of an empty batch are accepted whatever their dtype (``[]`` is float64 to numpy).
+    """
+    if rows == 0 and _is_empty(targets):
+        return np.zeros(0, dtype=np.int64)
     if isinstance(targets, torch.Tensor):
         if targets.is_floating_point() or targets.dtype == torch.bool or targets.is_complex():
             raise InputError(f"targets must hold integer labels, got dtype {targets.dtype}")
@@ -63,14 +70,17 @@ def normalize_ids(sample_ids: Any, rows: int) -> tuple[np.ndarray, str]:
     """Sample ids as ``(array, kind)``: ``int64`` (kind ``"int"``) or ``str`` objects (``"str"``).
 
     Accepts an integer tensor, a numpy array, or a list/tuple of ints or of strings; mixing ints
-    and strings, other types, or a count other than ``rows`` raises :class:`InputError`.
+    and strings, other types, ids outside int64, or a count other than ``rows`` raises
+    :class:`InputError`. Empty ids of an empty batch are accepted whatever their dtype.
     """
+    if rows == 0 and _is_empty(sample_ids):
+        return np.zeros(0, dtype=np.int64), "int"
     if isinstance(sample_ids, torch.Tensor):
         if sample_ids.is_floating_point() or sample_ids.dtype == torch.bool:
             raise InputError(
                 f"sample ids must be integers or strings, got dtype {sample_ids.dtype}"
             )
-        ids = sample_ids.detach().cpu().reshape(-1).numpy().astype(np.int64)
+        ids = _int64(sample_ids.detach().cpu().reshape(-1).numpy())
         if sample_ids.ndim > 1:
             raise InputError(f"sample ids must be 1-D, got shape {tuple(sample_ids.shape)}")
         kind = "int"
@@ -78,7 +88,7 @@ def normalize_ids(sample_ids: Any, rows: int) -> tuple[np.ndarray, str]:
         if sample_ids.ndim != 1:
             raise InputError(f"sample ids must be 1-D, got shape {sample_ids.shape}")
         if sample_ids.dtype.kind in "iu":
-            ids, kind = sample_ids.astype(np.int64), "int"
+            ids, kind = _int64(sample_ids), "int"
         elif sample_ids.dtype.kind in "US":
             ids, kind = _strings(sample_ids.tolist()), "str"
         elif sample_ids.dtype.kind == "O":
@@ -121,7 +131,37 @@ def _from_sequence(values: list[Any] | tuple[Any, ...]) -> tuple[np.ndarray, str
         raise InputError("sample ids mix ints and strings in one batch; use one kind per run")
     if strs:
         return _strings(values), "str"
-    return np.array([int(v) for v in values], dtype=np.int64), "int"
+    ints_list = [int(v) for v in values]
+    try:
+        return np.array(ints_list, dtype=np.int64), "int"
+    except OverflowError:
+        bad = next(v for v in ints_list if not _INT64_MIN <= v <= _INT64_MAX)
+        raise _out_of_range(bad) from None
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _out_of_range(value: int) -> InputError:
+    return InputError(
+        f"sample id {value} is outside the int64 range the shards store "
+        "(-2**63 <= id < 2**63); it would wrap onto another id"
+    )
+
+
+def _int64(ids: np.ndarray) -> np.ndarray:
+    """Integer ids as ``int64``; a ``uint64`` id of 2**63 or more is refused, not wrapped."""
+    if ids.dtype == np.uint64 and len(ids):
+        top = int(ids.max())
+        if top > _INT64_MAX:
+            raise _out_of_range(top)
+    return ids.astype(np.int64)
+
+
+def _is_empty(values: Any) -> bool:
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        return values.ndim == 1 and values.shape[0] == 0
+    return isinstance(values, (list, tuple)) and len(values) == 0
 
 
 def check_storable_ids(ids: np.ndarray) -> None:

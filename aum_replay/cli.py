@@ -427,13 +427,66 @@ Percentile = Annotated[
 ]
 
 
+def _check_flag_epochs(value: str | None) -> str | None:
+    if value is not None and value.strip() == "auto":
+        return "auto"
+    return _check_epochs(value)
+
+
+FlagEpochs = Annotated[
+    str | None,
+    typer.Option(
+        "--epochs",
+        "-e",
+        help=(
+            "Epochs that count: 'auto' (per run, up to the epoch where the threshold samples' "
+            "margins turn back up: memorisation) or a selection as for compute (1:150, skip:1, "
+            "...). Default: auto with the default rule, all with --rule paper/replication, "
+            "--alpha or --fraction."
+        ),
+        callback=_check_flag_epochs,
+        show_default=False,
+    ),
+]
+
+
+class FlagRule(str, Enum):
+    f1 = "f1"
+    paper = "paper"
+    replication = "replication"
+
+
+_RULE_TEXT = {
+    "f1": "two-component mixture of the AUMs started at the threshold samples, expected-F1 cut",
+    "paper": "SPEC section 5: a percentile of the threshold samples' AUMs",
+    "replication": "the replication code's: more than 1% of threshold AUMs strictly greater",
+    "alpha": "given alpha",
+    "fraction": "given fraction",
+}
+
+
+RuleOption = Annotated[
+    FlagRule,
+    typer.Option(
+        "--rule",
+        help=(
+            "How alpha comes from the threshold samples: 'f1' (default: a two-component "
+            "mixture of each run's AUMs, cut at the best expected F1), 'paper' (SPEC "
+            "section 5: the --percentile of the threshold AUMs) or 'replication' (flag when "
+            "more than 1% of the threshold AUMs are strictly greater)."
+        ),
+    ),
+]
+
+
 @app.command("flag")
 @_errors_to_exit
 def flag_command(
     run_dirs: RunDirs,
     out_dir: OutDir,
+    rule: RuleOption = FlagRule.f1,
     percentile: Percentile = 99.0,
-    epochs: Epochs = None,
+    epochs: FlagEpochs = None,
     alpha: Annotated[
         float | None,
         typer.Option(
@@ -461,12 +514,14 @@ def flag_command(
     workers: Workers = 2,
     quiet: Quiet = False,
 ) -> None:
-    """Flag mislabeled samples: AUM at or below the threshold samples' alpha.
+    """Flag mislabeled samples: AUM at or below each run's cut-off.
 
-    Writes OUT_DIR/mislabeled.csv (flagged samples, most suspicious first), OUT_DIR/aum_details.csv
+    The default rule (f1) and epochs (auto) are the best measured (README, "How flag chooses
+    the cut-off"); --rule paper reproduces the paper's 99th percentile exactly. Writes
+    OUT_DIR/mislabeled.csv (flagged samples, most suspicious first), OUT_DIR/aum_details.csv
     (every sample, every run) and OUT_DIR/flag_summary.json.
 
-    Example: aum-replay flag runs/set1 runs/set2 -o flags --epochs 1:150
+    Example: aum-replay flag runs/set1 runs/set2 -o flags
     """
     from aum_replay.flag import MissingThresholdError, flag
 
@@ -477,6 +532,7 @@ def flag_command(
             result = flag(
                 run_dirs,
                 out_dir,
+                rule=rule.value,
                 percentile=percentile,
                 epochs=epochs,
                 alpha=alpha,
@@ -490,18 +546,39 @@ def flag_command(
     except MissingThresholdError as exc:
         err.print(f"aum-replay: error: {exc}", markup=False)
         raise typer.Exit(2) from None
+    for warning in result.warnings:
+        err.print(f"aum-replay: warning: {warning}", markup=False)
     if quiet:
         return
     _notes(run.result for run in result.runs)
+    out.print(
+        f"rule {result.rule} ({_RULE_TEXT[result.rule]}); epochs {result.epochs}", markup=False
+    )
     for i, run in enumerate(result.runs, start=1):
-        if run.alpha_source == "threshold":
+        if run.alpha_source == "threshold" and run.rule == "paper":
             how = f"{percentile:g}th percentile of {run.num_threshold:,} threshold samples"
+        elif run.alpha_source == "threshold" and run.rule == "replication":
+            how = f"more than 1% of {run.num_threshold:,} threshold samples above"
+        elif run.alpha_source == "threshold":
+            how = (
+                f"mixture: {100 * (run.noise_estimate or 0.0):.1f}% mislabeled, expected F1 "
+                f"{run.expected_f1 or 0.0:.3f}; {run.num_threshold:,} threshold samples"
+            )
         elif run.alpha_source == "fraction":
             how = f"lowest {fraction:g} of the run's samples"
         else:
             how = "given"
+        if run.auto is not None:
+            turn = (
+                f"threshold margins turn up after epoch {run.auto.turn}"
+                if run.auto.turn is not None
+                else "no memorisation seen"
+            )
+            counted = f"epochs {_epochs_text(run.epochs)} (auto: {turn})"
+        else:
+            counted = f"epochs {_epochs_text(run.epochs)}"
         out.print(
-            f"run{i}  {run.run_dir}: alpha {run.alpha:.6g} ({how}); "
+            f"run{i}  {run.run_dir}: {counted}; alpha {run.alpha:.6g} ({how}); "
             f"{run.num_flagged:,} of {run.num_scored:,} scored samples at or below",
             markup=False,
         )
@@ -562,6 +639,7 @@ def plot_command(
         ),
     ] = None,
     epochs: Epochs = None,
+    rule: RuleOption = FlagRule.f1,
     percentile: Percentile = 99.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
@@ -581,6 +659,7 @@ def plot_command(
         lowest=lowest,
         flags=flags,
         epochs=epochs,
+        rule=rule.value,
         percentile=percentile,
     )
     if quiet:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AumReplayError", "FormatError", "InputError"]
+__all__ = ["AumReplayError", "FormatError", "InputError", "RecordingError", "RunLockedError"]
 
 
 class AumReplayError(Exception):
@@ -19,3 +19,15 @@ class InputError(AumReplayError, ValueError):
 
 class FormatError(AumReplayError):
     """A shard file or run directory that is missing, corrupt, foreign or of an unknown version."""
+
+
+class RecordingError(AumReplayError):
+    """The logger could not write a shard: disk full, quota, file size limit, I/O or permission.
+
+    Raised on the training thread at the next ``log``/``end_epoch``/``close``; the unfinished
+    shard is removed and every epoch published before stays intact.
+    """
+
+
+class RunLockedError(AumReplayError):
+    """Another live logger already records this rank of this run directory."""

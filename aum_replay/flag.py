@@ -1,8 +1,22 @@
 """Flag mislabeled samples from one or more recorded runs (the library behind ``aum-replay flag``).
 
 Each run is replayed with :func:`aum_replay.compute` (the same engine, so the same AUMs), its
-alpha is taken from its threshold samples (or given), and the flags are combined over the runs with
-the rule of :mod:`aum_replay.threshold`. Two CSV files are written atomically:
+alpha is taken from its threshold samples with a rule (or given), and the flags are combined over
+the runs with the rule of :mod:`aum_replay.threshold`. The rules (``rule=``):
+
+``"f1"`` (default)
+    A two-component mixture of the scored AUMs, started at the threshold samples, cut where the
+    expected F1 is largest (:func:`aum_replay.rules.mixture_f1_cut`), with ``epochs="auto"``;
+    README "How flag chooses the cut-off" has the evidence.
+``"paper"``
+    SPEC section 5 exactly: alpha = the ``percentile`` (99) of the threshold AUMs, all epochs
+    unless ``epochs`` says otherwise.
+``"replication"``
+    The official replication code's test: flagged when more than 1% of the threshold AUMs are
+    strictly greater (:func:`aum_replay.rules.replication_alpha`).
+
+``epochs="auto"`` counts the epochs up to the threshold samples' memorisation point
+(:mod:`aum_replay.auto_epochs`), per run. Two CSV files are written atomically:
 
 ``mislabeled.csv``
     The flagged samples, most suspicious (lowest mean AUM) first: ``sample_id``, ``aum_run1`` ..
@@ -26,16 +40,20 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from aum_replay.auto_epochs import AutoEpochs, choose_epochs, epoch_margins, epochs_spec
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import ComputeResult, compute
+from aum_replay.rules import mixture_f1_cut, replication_alpha
 from aum_replay.run import open_run
 from aum_replay.threshold import combine_flags, flag_run, fraction_alpha, threshold_alpha
 
 __all__ = [
+    "DEFAULT_RULE",
     "DETAILS_NAME",
     "MISLABELED_NAME",
+    "RULES",
     "SUMMARY_NAME",
     "FlagResult",
     "MissingThresholdError",
@@ -48,6 +66,11 @@ DETAILS_NAME = "aum_details.csv"
 SUMMARY_NAME = "flag_summary.json"
 
 AlphaSource = Literal["threshold", "alpha", "fraction"]
+Rule = Literal["f1", "paper", "replication"]
+RULES: tuple[str, ...] = ("f1", "paper", "replication")
+DEFAULT_RULE: Rule = "f1"
+# epochs=None means this for the default rule on runs with threshold samples (README, measured)
+DEFAULT_EPOCHS = "auto"
 
 
 class MissingThresholdError(InputError):
@@ -67,9 +90,22 @@ class RunFlags:
     alpha_source
         ``"threshold"`` (percentile of the threshold samples' AUMs), ``"alpha"`` (given) or
         ``"fraction"`` (the lowest-AUM fraction of the scored samples).
+    epochs
+        The epochs counted in this run.
     num_samples, num_threshold, num_scored, num_flagged
         Samples in the run; its threshold samples present in it; the rest (scored); those of the
         scored ones with ``aum <= alpha``.
+    threshold
+        The recorded threshold metadata (``None`` for a run without threshold samples).
+    rule
+        The rule that set alpha (``"f1"``, ``"paper"``, ``"replication"``), or ``None`` when
+        alpha was given or came from ``fraction``.
+    noise_estimate, expected_f1
+        Rule ``"f1"`` only: the estimated mislabeled fraction of the scored samples and the
+        expected F1 at the cut (``None`` otherwise).
+    auto
+        With ``epochs="auto"``: the :class:`~aum_replay.auto_epochs.AutoEpochs` decision (the
+        memorisation point and the threshold samples' median margin per epoch).
     """
 
     run_dir: Path
@@ -82,6 +118,15 @@ class RunFlags:
     num_flagged: int
     threshold: dict[str, Any] | None
     result: ComputeResult = field(repr=False)
+    rule: str | None = None
+    noise_estimate: float | None = None
+    expected_f1: float | None = None
+    auto: AutoEpochs | None = field(default=None, repr=False)
+
+    @property
+    def epochs_spec(self) -> str:
+        """The counted epochs as an epoch spec (``"A:B"`` when contiguous)."""
+        return epochs_spec(self.epochs)
 
 
 @dataclass
@@ -100,6 +145,14 @@ class FlagResult:
         Samples flagged (in every run that scored them).
     flagged_per_class
         ``{label: count}`` of the flagged samples, by given label, ascending.
+    rule
+        The rule used (``"f1"``, ``"paper"``, ``"replication"``; ``"alpha"`` or ``"fraction"``
+        when the cut was given).
+    epochs
+        The epoch selection asked for (``"auto"``, a spec, or ``"all"``).
+    warnings
+        Sentences about a result that looks wrong (e.g. more than half the data flagged), also
+        in ``flag_summary.json``; empty when nothing looks off.
     mislabeled, details
         The two tables, as written (see the module docstring).
     """
@@ -117,6 +170,9 @@ class FlagResult:
     seconds: float
     mislabeled: pl.DataFrame = field(repr=False)
     details: pl.DataFrame = field(repr=False)
+    rule: str = DEFAULT_RULE
+    epochs: str = "all"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def fraction_flagged(self) -> float:
@@ -133,6 +189,7 @@ def flag(
     run_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] | None = None,
     *,
+    rule: Rule = DEFAULT_RULE,
     percentile: float = 99.0,
     epochs: str | EpochSelection | None = None,
     alpha: float | None = None,
@@ -152,10 +209,20 @@ def flag(
     out_dir
         Where ``mislabeled.csv``, ``aum_details.csv`` and ``flag_summary.json`` go (created if
         missing); ``None`` writes nothing.
+    rule
+        How each run's alpha comes from its threshold samples: ``"f1"`` (default: the expected-F1
+        cut), ``"paper"`` (SPEC section 5, the ``percentile``) or ``"replication"`` (flag when
+        more than 1% of the threshold AUMs are strictly greater). Ignored with ``alpha`` or
+        ``fraction``.
     percentile
-        alpha = this percentile of each run's threshold-sample AUMs; default 99 (the paper).
+        Rule ``"paper"``: alpha = this percentile of each run's threshold-sample AUMs; default 99
+        (the paper).
     epochs
-        Epoch selection applied to every run (see :mod:`aum_replay.epochs`); default all.
+        Epoch selection applied to every run (see :mod:`aum_replay.epochs`), or ``"auto"``: per
+        run, the epochs up to the threshold samples' memorisation point
+        (:func:`aum_replay.auto_epochs.choose_epochs`; needs threshold samples). Default:
+        ``"auto"`` with the default rule, all epochs with ``"paper"``, ``"replication"``,
+        ``alpha`` or ``fraction``.
     alpha
         A fixed cut-off for every run instead of the threshold samples' (the recorded threshold
         samples are still never flagged). Needed, or ``fraction``, for runs without threshold
@@ -191,7 +258,13 @@ def flag(
         raise InputError(f"fraction must be in [0, 1], not {fraction}")
     if not 0.0 <= percentile <= 100.0:
         raise InputError(f"percentile must be in [0, 100], not {percentile}")
-    selection = epochs if isinstance(epochs, EpochSelection) else parse_epochs(epochs)
+    if rule not in RULES:
+        raise InputError(f"rule must be one of {', '.join(RULES)}, not {rule!r}")
+    auto = isinstance(epochs, str) and epochs.strip() == "auto"
+    if isinstance(epochs, EpochSelection):
+        selection = epochs
+    else:
+        selection = parse_epochs(None if auto else epochs)
     outputs = None
     if out_dir is not None:  # what is in the way fails now, before any replay
         outputs = OutputSet(out_dir, (MISLABELED_NAME, DETAILS_NAME, SUMMARY_NAME)).check()
@@ -209,6 +282,19 @@ def flag(
             f"no threshold samples recorded in {', '.join(bare)}; give --alpha VALUE or "
             "--fraction F to choose the cut-off (or record with ThresholdSampleDataset)"
         )
+    if bare and auto:
+        raise InputError(
+            f"--epochs auto reads the threshold samples' margins, and {', '.join(bare)} has none; "
+            "give an epoch selection instead"
+        )
+    if epochs is None and rule == DEFAULT_RULE and alpha is None and fraction is None:
+        auto = DEFAULT_EPOCHS == "auto"
+    decisions: list[AutoEpochs | None] = [None] * len(runs)
+    if auto:
+        for i, run in enumerate(runs):
+            decision = _auto_epochs(run, duplicates, device, threads, workers)
+            decisions[i] = decision
+            runs[i] = open_run(run.run_dir, parse_epochs(",".join(map(str, decision.epochs))))
     kinds = {r.id_kind for r in runs}
     if len(kinds) > 1:
         raise InputError(
@@ -260,16 +346,23 @@ def flag(
             is_thr[r] = _threshold_mask(universe, meta, id_kind, result.run_dir) & present[r]
         scored = present[r] & ~is_thr[r]
         source: AlphaSource
+        used: str | None = None
+        noise = expected = None
         if alpha is not None:
             cut, source = float(alpha), "alpha"
         elif fraction is not None:
             cut, source = fraction_alpha(aum[r], fraction, eligible=scored), "fraction"
         else:
+            used, source = rule, "threshold"
             try:
-                cut = threshold_alpha(aum[r, is_thr[r]], percentile)
+                if rule == "paper":
+                    cut = threshold_alpha(aum[r, is_thr[r]], percentile)
+                elif rule == "replication":
+                    cut = replication_alpha(aum[r, is_thr[r]])
+                else:
+                    cut, noise, expected = mixture_f1_cut(aum[r, scored], aum[r, is_thr[r]])
             except InputError as exc:
                 raise InputError(f"{result.run_dir}: {exc}") from None
-            source = "threshold"
         flags[r] = flag_run(aum[r], is_thr[r], cut) & present[r]
         run_flags.append(
             RunFlags(
@@ -283,6 +376,10 @@ def flag(
                 num_flagged=int(flags[r].sum()),
                 threshold=meta,
                 result=result,
+                rule=used,
+                noise_estimate=noise,
+                expected_f1=expected,
+                auto=decisions[r],
             )
         )
 
@@ -320,6 +417,10 @@ def flag(
     per_class: dict[int, int] = {}
     for value in mislabeled["label"].drop_nulls().to_list():
         per_class[int(value)] = per_class.get(int(value), 0) + 1
+    used_rule = "alpha" if alpha is not None else "fraction" if fraction is not None else rule
+    epochs_asked = "auto" if auto else selection.spec
+    num_scored = int(scored_all.any(axis=0).sum())
+    warnings = _warnings(int(flagged.sum()), num_scored, run_flags, used_rule)
 
     out_path = mislabeled_path = details_path = summary_path = None
     if outputs is not None:
@@ -330,17 +431,24 @@ def flag(
             + ["aum_mean", "flagged"]
         )
         summary = {
+            "rule": used_rule,
             "percentile": percentile,
-            "epochs": selection.spec,
+            "epochs": epochs_asked,
             "num_samples": n,
-            "num_scored": int(scored_all.any(axis=0).sum()),
+            "num_scored": num_scored,
             "num_flagged": int(flagged.sum()),
+            "warnings": warnings,
             "runs": [
                 {
                     "name": nm,
                     "run_dir": str(rf.run_dir.resolve()),
                     "alpha": rf.alpha if np.isfinite(rf.alpha) else None,
                     "alpha_source": rf.alpha_source,
+                    "rule": rf.rule,
+                    "epochs": rf.epochs_spec,
+                    "memorisation_epoch": rf.auto.turn if rf.auto else None,
+                    "noise_estimate": rf.noise_estimate,
+                    "expected_f1": rf.expected_f1,
                     "num_threshold": rf.num_threshold,
                     "num_flagged": rf.num_flagged,
                 }
@@ -370,7 +478,50 @@ def flag(
         seconds=time.perf_counter() - started,
         mislabeled=mislabeled,
         details=details,
+        rule=used_rule,
+        epochs=epochs_asked,
+        warnings=warnings,
     )
+
+
+def _auto_epochs(
+    run: Any, duplicates: Literal["first", "all"], device: str, threads: int | None, workers: int
+) -> AutoEpochs:
+    """The auto epoch decision of one run, from its threshold samples' per-epoch margins."""
+    epochs, ids, margins = epoch_margins(
+        run, duplicates=duplicates, device=device, threads=threads, workers=workers
+    )
+    mask = _threshold_mask(ids, run.threshold, run.id_kind, run.run_dir)
+    return choose_epochs(epochs, margins[:, mask])
+
+
+def _warnings(num_flagged: int, num_scored: int, runs: list[RunFlags], rule: str) -> list[str]:
+    """Plain sentences about results that look wrong."""
+    out = []
+    if num_scored and num_flagged > num_scored / 2:
+        out.append(
+            f"{num_flagged:,} of {num_scored:,} samples flagged: more than half the data cannot "
+            "be mislabeled with labels a network learns from; the cut-off looks wrong. Usually "
+            "the network memorised the threshold samples (their AUMs rose to those of clean "
+            "samples: try --epochs auto or fewer epochs), or the threshold samples are too large "
+            "a share of the data (few classes: record with a smaller num_threshold)"
+            + (
+                "; the default rule (--rule f1) estimates the fraction instead"
+                if rule in ("paper", "replication")
+                else ""
+            )
+        )
+    for i, run in enumerate(runs, start=1):
+        if rule not in ("paper", "replication"):
+            break  # the default rule was measured to place the cut well at 20% (digits4)
+        if run.threshold and run.num_samples and run.num_threshold > run.num_samples / 10:
+            out.append(
+                f"run{i}: {run.num_threshold:,} threshold samples are "
+                f"{100 * run.num_threshold / run.num_samples:.0f}% of its {run.num_samples:,} "
+                "samples (few classes): they crowd the real classes and lift this rule's "
+                "cut-off; the default rule (--rule f1) is measured to hold there"
+            )
+    return out
 
 
 def _ids(table: pl.DataFrame, id_kind: str) -> np.ndarray:

@@ -19,6 +19,8 @@ knows dataset names or attribute keys.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -34,7 +36,7 @@ import h5py
 import numpy as np
 
 from aum_replay._version import __version__
-from aum_replay.errors import FormatError, InputError
+from aum_replay.errors import FormatError, InputError, RecordingError
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made, never by the readers
     import torch
@@ -89,6 +91,10 @@ DISK_DTYPES: dict[str, np.dtype[Any]] = {
 
 ID_KINDS = ("int", "str")
 STR_DTYPE = h5py.string_dtype("utf-8")
+
+
+#: Epochs a shard can be written for: ``0 <= epoch < EPOCH_LIMIT`` (the logger refuses others).
+EPOCH_LIMIT = 2**31
 
 
 def shard_name(epoch: int, rank: int) -> str:
@@ -187,8 +193,140 @@ class ShardInfo:
         return self.path.stat().st_size
 
 
+class _ShardFile:
+    """The temporary shard's bytes, as the file object HDF5 writes through (h5py's fileobj driver).
+
+    HDF5 cannot survive a failed write: when a dataset's chunk cache cannot be written (a full
+    disk), HDF5 2.0 fails to close the dataset yet frees part of it, and the next flush or close
+    of the file - or HDF5's own shutdown at exit - dereferences it and segfaults the process. So
+    HDF5 is never told: the first ``OSError`` of a write is kept in :attr:`error`, the write is
+    reported done and every later write is dropped (counted in :attr:`dropped`). HDF5's state
+    stays consistent, so it can close the file safely, and :class:`ShardWriter` checks
+    :attr:`error` after every HDF5 call and raises it as :class:`RecordingError`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        self.pos = 0
+        self.end = 0  # the file's size as HDF5 believes it (writes dropped after an error count)
+        self.written = 0
+        self.error: OSError | None = None
+        self.dropped = 0
+
+    # The methods h5py's fileobj driver calls.
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            self.pos = offset
+        elif whence == os.SEEK_CUR:
+            self.pos += offset
+        else:
+            self.pos = self.end + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        size = max(0, self.end - self.pos) if size < 0 else size
+        buffer = bytearray(size)
+        return bytes(buffer[: self.readinto(buffer)])
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        size = len(view)
+        got = 0
+        if self.error is None:
+            try:
+                while got < size:
+                    step = os.preadv(self.fd, [view[got:]], self.pos + got)
+                    if step <= 0:
+                        break
+                    got += step
+            except OSError as exc:
+                self._fail(exc, 0)
+        view[got:] = bytes(size - got)  # past the end, or after an error: zeros, as HDF5 expects
+        self.pos += size
+        return size
+
+    def write(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        size = len(view)
+        done = 0
+        if self.error is None:
+            try:
+                while done < size:
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self._fail(exc, size - done)
+        else:
+            self.dropped += size
+        self.written += done
+        self.pos += size
+        self.end = max(self.end, self.pos)
+        return size
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self._fail(exc, 0)
+        self.end = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    # Ours.
+    def _fail(self, exc: OSError, dropped: int) -> None:
+        if self.error is None:
+            self.error = exc
+        self.dropped += dropped
+
+    def sync(self) -> None:
+        """fsync the data; an error is kept like a write's."""
+        if self.error is None:
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self._fail(exc, 0)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+#: What a writer's ``OSError`` means, in words, by errno.
+_ERRNO_WORDS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit exceeded",
+    errno.EIO: "I/O error",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+}
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
 class ShardWriter:
     """Appends rows to one shard under a temporary name; :meth:`publish` makes it final.
+
+    Every failure to create, write, sync or rename the file (a full disk, a quota, a file size
+    limit, an I/O or a permission error) raises :class:`RecordingError` with one line naming the
+    epoch, rank and file, and - for a lack of space - how much more was needed. After an error
+    :meth:`abort` is always safe: HDF5 never saw the failure (see :class:`_ShardFile`).
 
     Parameters
     ----------
@@ -232,29 +370,40 @@ class ShardWriter:
     ) -> None:
         self.final_path = final_path
         self.tmp_path = final_path.with_name(f"{final_path.name}.{os.getpid()}{TMP_SUFFIX}")
+        self.epoch, self.rank = epoch, rank
+        self.rows = 0
+        self._file: h5py.File | None = None
+        self._datasets: tuple[h5py.Dataset, ...] = ()
+        try:
+            self._io: _ShardFile | None = _ShardFile(self.tmp_path)
+        except OSError as exc:
+            self._io = None
+            raise self._error(exc, "creating") from None
         disk_dtype = DISK_DTYPES[stored_dtype]
         chunk_bytes = chunk_rows * num_classes * disk_dtype.itemsize
-        self._file = h5py.File(self.tmp_path, "w", rdcc_nbytes=max(4 * chunk_bytes, 1 << 20))
         self._layout = (num_classes, disk_dtype, id_kind, chunk_rows, compression)
-        self._created = False
-        f = self._file
-        attrs = f.attrs
-        attrs["format"] = FORMAT_NAME
-        attrs["format_version"] = FORMAT_VERSION
-        attrs["epoch"] = epoch
-        attrs["rank"] = rank
-        attrs["world_size"] = world_size
-        attrs["num_classes"] = num_classes
-        attrs["logits_dtype"] = logits_dtype
-        attrs["stored_dtype"] = stored_dtype
-        attrs["id_kind"] = id_kind
-        attrs["num_rows"] = -1  # set by publish(): -1 marks an unfinished file
-        attrs["package_version"] = __version__
-        attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        attrs["metadata"] = json.dumps(metadata or {}, sort_keys=True)
-        if threshold is not None:
-            attrs["threshold"] = json.dumps(threshold, sort_keys=True)
-        self.rows = 0
+        try:
+            self._file = h5py.File(self._io, "w", rdcc_nbytes=max(4 * chunk_bytes, 1 << 20))
+            attrs = self._file.attrs
+            attrs["format"] = FORMAT_NAME
+            attrs["format_version"] = FORMAT_VERSION
+            attrs["epoch"] = epoch
+            attrs["rank"] = rank
+            attrs["world_size"] = world_size
+            attrs["num_classes"] = num_classes
+            attrs["logits_dtype"] = logits_dtype
+            attrs["stored_dtype"] = stored_dtype
+            attrs["id_kind"] = id_kind
+            attrs["num_rows"] = -1  # set by publish(): -1 marks an unfinished file
+            attrs["package_version"] = __version__
+            attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            attrs["metadata"] = json.dumps(metadata or {}, sort_keys=True)
+            if threshold is not None:
+                attrs["threshold"] = json.dumps(threshold, sort_keys=True)
+        except BaseException:
+            self.abort()
+            raise
+        self._check("creating")
 
     def _create(self, first_rows: int) -> None:
         """Create the datasets, sized by the first rows appended.
@@ -267,7 +416,8 @@ class ShardWriter:
         rows = max(1, min(chunk_rows, first_rows))
         opts: dict[str, Any] = {"compression": compression} if compression else {}
         f = self._file
-        f.create_dataset(
+        assert f is not None
+        logits = f.create_dataset(
             LOGITS,
             shape=(0, num_classes),
             maxshape=(None, num_classes),
@@ -275,50 +425,97 @@ class ShardWriter:
             chunks=(rows, num_classes),
             **opts,
         )
-        f.create_dataset(TARGETS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(rows,))
-        f.create_dataset(
+        targets = f.create_dataset(
+            TARGETS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(rows,)
+        )
+        ids = f.create_dataset(
             SAMPLE_IDS,
             shape=(0,),
             maxshape=(None,),
             dtype=np.int64 if id_kind == "int" else STR_DTYPE,
             chunks=(rows,),
         )
-        self._created = True
+        # Kept open: a dataset closed (and its chunk cache written) at every append cost a
+        # lookup by name, and a close is where HDF5 met write errors it could not survive.
+        self._datasets = (logits, targets, ids)
 
     def append(self, logits: np.ndarray, targets: np.ndarray, sample_ids: np.ndarray) -> None:
         """Append ``n`` rows: logits (n, C) in the disk dtype, targets (n,), ids (n,)."""
+        if self._file is None:
+            raise RecordingError(f"{self.tmp_path}: append() after the writer was closed")
         n = len(targets)
-        if not self._created:
+        if not self._datasets:
             self._create(n)
         start, stop = self.rows, self.rows + n
-        for name, data in ((LOGITS, logits), (TARGETS, targets), (SAMPLE_IDS, sample_ids)):
-            ds = self._file[name]
+        for ds, data in zip(self._datasets, (logits, targets, sample_ids), strict=True):
             ds.resize(stop, axis=0)
             ds[start:stop] = data
         self.rows = stop
+        self._check("writing")
 
     def publish(self) -> Path:
         """Finish the file, fsync it and rename it to its final name (replacing an old shard)."""
-        if not self._created:
+        if self._file is None or self._io is None:
+            raise RecordingError(f"{self.tmp_path}: publish() after the writer was closed")
+        if not self._datasets:
             self._create(0)
         self._file.attrs["num_rows"] = self.rows
-        self._file.flush()
-        self._file.close()
-        fd = os.open(self.tmp_path, os.O_RDONLY)
+        self._datasets = ()
+        self._file.close()  # flushes every cache through _ShardFile
+        self._file = None
+        self._check("writing")
+        self._io.sync()
+        self._check("syncing")
+        self._io.close()
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.tmp_path, self.final_path)
+            os.replace(self.tmp_path, self.final_path)
+        except OSError as exc:
+            raise self._error(exc, "publishing", f" as {self.final_path.name}") from None
+        self._io = None
         _fsync_dir(self.final_path.parent)
         return self.final_path
 
     def abort(self) -> None:
-        """Close and delete the temporary file (best effort)."""
+        """Close and delete the temporary file (best effort); safe after any error."""
+        self._datasets = ()
         try:
-            self._file.close()
+            if self._file is not None:
+                file, self._file = self._file, None
+                file.close()
         finally:
-            self.tmp_path.unlink(missing_ok=True)
+            if self._io is not None:
+                io, self._io = self._io, None
+                io.close()
+                with contextlib.suppress(OSError):  # the caller can see the file is still there
+                    self.tmp_path.unlink(missing_ok=True)
+
+    def _check(self, what: str) -> None:
+        if self._io is not None and self._io.error is not None:
+            raise self._error(self._io.error, what)
+
+    def _error(self, exc: OSError, doing: str, after: str = "") -> RecordingError:
+        """One line: what failed, for which epoch and rank, where, and what space it lacked."""
+        words = _ERRNO_WORDS.get(exc.errno or 0, exc.strerror or str(exc))
+        detail = exc.strerror or str(exc)
+        line = (
+            f"cannot record epoch {self.epoch} rank {self.rank}: {words} "
+            f"(errno {exc.errno}, {detail}) {doing} {self.tmp_path}{after}"
+        )
+        if exc.errno in _SPACE_ERRNOS and self._io is not None:
+            line += (
+                f"; it needed at least {_size(max(self._io.dropped, 1))} more after "
+                f"{_size(self._io.written)} written, {_free_space(self.final_path.parent)} free "
+                "there"
+            )
+        return RecordingError(line)
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        st = os.statvfs(directory)
+    except OSError:  # pragma: no cover
+        return "unknown space"
+    return _size(st.f_bavail * st.f_frsize)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -6,6 +6,12 @@ thread through a bounded pool, so a slow disk slows training down (back-pressure
 growing memory. An epoch is published - flushed, fsynced and renamed to its final name - when the
 next epoch starts, on :meth:`LogitLogger.end_epoch` or on :meth:`LogitLogger.close`; publishing
 waits for the writer, so once ``end_epoch()`` returns the epoch survives a ``SIGKILL``.
+
+Faults: a full disk, a quota, a file size limit, an I/O or a permission error in the writer
+becomes one :class:`RecordingError` raised on the training thread at the next ``log``,
+``end_epoch`` or ``close`` (or, with ``on_error="stop"``, one warning, and recording stops); the
+unfinished shard is removed and published ones stay intact. One logger records a (run, rank): a
+lock on ``.rank_NNN.lock`` in the run directory, released by the OS when the process dies.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import contextlib
 import json
 import os
 import queue
+import socket
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,9 +33,10 @@ import numpy as np
 import torch
 
 from aum_replay.batch import check_logits, check_storable_ids, check_targets, normalize_ids
-from aum_replay.errors import AumReplayError, InputError
+from aum_replay.errors import AumReplayError, InputError, RecordingError, RunLockedError
 from aum_replay.format import (
     DISK_DTYPES,
+    EPOCH_LIMIT,
     TMP_SUFFIX,
     ShardWriter,
     list_shards,
@@ -37,10 +46,16 @@ from aum_replay.format import (
     torch_to_stored,
 )
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["LogitLogger"]
 
 STORAGE_CHOICES = ("auto", "float32", "float16")
 COMPRESSION_CHOICES = (None, "lzf", "gzip")
+ON_ERROR_CHOICES = ("raise", "stop")
 
 
 class LogitLogger:
@@ -72,6 +87,21 @@ class LogitLogger:
     threshold_samples
         A :class:`aum_replay.ThresholdSampleDataset` (or its ``threshold_metadata()`` dict): the
         threshold-sample ids, extra class, seed and set index are recorded for ``aum-replay flag``.
+    on_error
+        What a failure to write a shard (disk full, quota, I/O or permission error) does.
+        ``"raise"`` (default): a :class:`~aum_replay.RecordingError` at the next ``log``,
+        ``end_epoch`` or ``close``, so a run that cannot be recorded is noticed at once, not
+        after days of training with epochs missing. ``"stop"``: one ``RuntimeWarning`` with the
+        same line, then recording stops and every later call does nothing; training goes on.
+        Either way the unfinished shard is removed and the published ones stay intact.
+
+    Raises
+    ------
+    RunLockedError
+        Another live logger records this rank of ``run_dir`` (its pid and host are named).
+
+    Epochs must be ints with ``0 <= epoch < 2**31``; integer sample ids must fit int64 (a
+    ``uint64`` id of ``2**63`` or more is refused, not wrapped).
 
     Examples
     --------
@@ -95,6 +125,7 @@ class LogitLogger:
         max_pending: int = 4,
         metadata: dict[str, Any] | None = None,
         threshold_samples: Any = None,
+        on_error: str = "raise",
     ) -> None:
         if storage not in STORAGE_CHOICES:
             raise InputError(f"storage must be one of {STORAGE_CHOICES}, not {storage!r}")
@@ -106,6 +137,9 @@ class LogitLogger:
             raise InputError(f"chunk_bytes must be at least 1024, not {chunk_bytes}")
         if max_pending < 1:
             raise InputError(f"max_pending must be at least 1, not {max_pending}")
+        if on_error not in ON_ERROR_CHOICES:
+            raise InputError(f"on_error must be one of {ON_ERROR_CHOICES}, not {on_error!r}")
+        self.on_error = on_error
         dist_rank, dist_world = _distributed()
         self.rank = dist_rank if rank is None else int(rank)
         self.world_size = dist_world if world_size is None else int(world_size)
@@ -125,14 +159,21 @@ class LogitLogger:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AumReplayError(f"{self.run_dir}: cannot create run directory ({exc})") from None
-        self._clean_temporaries()
-        self.num_classes: int | None = None
-        self.id_kind: str | None = None
-        existing = list_shards(self.run_dir)
-        self._published = {(e, r) for e, r, _ in existing}
-        if existing:
-            info = read_info(existing[0][2])
-            self.num_classes, self.id_kind = info.num_classes, info.id_kind
+        self._lock_fd = _lock_rank(self.run_dir, self.rank)
+        _LOCKED.add(self)
+        try:
+            self._clean_temporaries()
+            self.num_classes: int | None = None
+            self.id_kind: str | None = None
+            existing = list_shards(self.run_dir)
+            self._published = {(e, r) for e, r, _ in existing}
+            if existing:
+                info = read_info(existing[0][2])
+                self.num_classes, self.id_kind = info.num_classes, info.id_kind
+        except BaseException:
+            _LOCKED.discard(self)
+            _unlock(self._lock_fd)
+            raise
 
         self._epoch: int | None = None
         self._stored: str | None = None
@@ -147,6 +188,7 @@ class LogitLogger:
         self._tasks: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._error: BaseException | None = None
         self._closed = False
+        self._stopped = False  # on_error="stop" after a failure: every call does nothing
         self._thread = threading.Thread(
             target=self._writer_loop, name="aum-replay-writer", daemon=True
         )
@@ -171,13 +213,25 @@ class LogitLogger:
             The epoch these rows belong to. A new number publishes the previous epoch first.
         """
         self._raise_pending()
+        if self._stopped:
+            return
         if self._closed:
             raise AumReplayError("log() called on a closed LogitLogger")
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise InputError(f"epoch must be a non-negative int, got {epoch!r}")
+        if (
+            isinstance(epoch, bool)
+            or not isinstance(epoch, (int, np.integer))
+            or not 0 <= epoch < EPOCH_LIMIT
+        ):
+            raise InputError(f"epoch must be an int with 0 <= epoch < 2**31, got {epoch!r}")
         epoch = int(epoch)
         logits = check_logits(logits)
         rows, num_classes = logits.shape
+        if rows == 0:
+            # Nothing to record, whatever the dtype of the empty targets and ids; an empty id
+            # list has no kind, and must not fix the run's.
+            check_targets(targets, 0, num_classes)
+            normalize_ids(sample_ids, 0)
+            return
         if self.num_classes is not None and num_classes != self.num_classes:
             raise InputError(
                 f"logits have {num_classes} classes but this run has {self.num_classes}; "
@@ -185,9 +239,6 @@ class LogitLogger:
             )
         target_array = check_targets(targets, rows, num_classes)
         ids, kind = normalize_ids(sample_ids, rows)
-        if rows == 0:
-            # Nothing to record, and an empty id list has no kind: it must not fix the run's.
-            return
         if self.id_kind is not None and kind != self.id_kind:
             raise InputError(
                 f"sample ids are {kind}s but this run's ids are {self.id_kind}s; "
@@ -221,7 +272,12 @@ class LogitLogger:
                 self._hand_over()
 
     def end_epoch(self) -> Path | None:
-        """Publish the current epoch now and wait until it is on disk; returns its path."""
+        """Publish the current epoch now and wait until it is on disk; returns its path.
+
+        ``None`` when no epoch was open, or when recording has stopped (``on_error="stop"``).
+        """
+        if self._stopped:
+            return None
         path = self._finish_epoch()
         self._raise_pending()
         return path
@@ -232,7 +288,8 @@ class LogitLogger:
             self._raise_pending()
             return
         try:
-            self._finish_epoch()
+            if not self._stopped:
+                self._finish_epoch()
         finally:
             self._stop()
         self._raise_pending()
@@ -351,6 +408,8 @@ class LogitLogger:
         epoch, self._epoch = self._epoch, None
         if not result:  # the writer failed during this epoch: nothing was published
             self._raise_pending()
+            if self._stopped:
+                return None
             raise AumReplayError(
                 f"epoch {epoch} rank {self.rank} was not published: the writer failed earlier "
                 "in this epoch (see the error raised then); earlier epochs are intact"
@@ -363,6 +422,9 @@ class LogitLogger:
         self._tasks.put(("stop",))
         self._thread.join()
         atexit.unregister(self._stop_at_exit)
+        _LOCKED.discard(self)
+        fd, self._lock_fd = self._lock_fd, -1
+        _unlock(fd)
 
     def _stop_at_exit(self) -> None:
         # The epoch may be incomplete (an uncaught exception also ends here): never publish it.
@@ -381,11 +443,23 @@ class LogitLogger:
         self.abort()
 
     def _raise_pending(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            if isinstance(error, AumReplayError):
-                raise error
-            raise AumReplayError(f"LogitLogger writer failed: {error}") from error
+        if self._error is None:
+            return
+        error, self._error = self._error, None
+        if not isinstance(error, AumReplayError):  # pragma: no cover - the writer wraps its errors
+            error = AumReplayError(f"LogitLogger writer failed: {error}")
+        if self.on_error == "stop":
+            if not self._stopped:
+                self._stopped = True
+                self._buffer, self._epoch = None, None
+                self._free = queue.Queue()  # the buffers are not needed any more
+                warnings.warn(
+                    f"{error}; recording stopped, training goes on (on_error='stop')",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return
+        raise error.with_traceback(None) from None
 
     def _clean_temporaries(self) -> None:
         """Remove this rank's temporary shards left by dead processes (a crash mid-epoch)."""
@@ -437,12 +511,26 @@ class LogitLogger:
                     writer.abort()
                     writer = None
             except BaseException as exc:
-                where = f" writing {writer.tmp_path}" if writer is not None else ""
-                self._error = AumReplayError(f"LogitLogger writer failed{where}: {exc}")
+                tmp = writer.tmp_path if writer is not None else None
                 if writer is not None:
                     with contextlib.suppress(Exception):
-                        writer.abort()
+                        writer.abort()  # safe after any error: HDF5 never saw the failed I/O
                     writer = None
+                if isinstance(exc, AumReplayError):
+                    message = str(exc)
+                else:
+                    where = f" writing {tmp}" if tmp is not None else ""
+                    message = f"LogitLogger writer failed{where}: {type(exc).__name__}: {exc}"
+                if tmp is not None and tmp.exists():
+                    message += f"; the unfinished shard {tmp.name} could not be removed"
+                elif tmp is not None:
+                    message += "; the unfinished shard was removed"
+                message += ", published epochs are intact"
+                self._error = (
+                    RecordingError(message)
+                    if isinstance(exc, (RecordingError, OSError))
+                    else AumReplayError(message)
+                )
                 if kind == "rows":
                     self._free.put(task[1])
                 if kind == "publish":
@@ -454,6 +542,79 @@ def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+#: Loggers of this process that hold a lock; a forked child closes its copies (see _lock_rank).
+_LOCKED: weakref.WeakSet[LogitLogger] = weakref.WeakSet()
+
+
+def _lock_rank(run_dir: Path, rank: int) -> int:
+    """Hold ``run_dir/.rank_NNN.lock`` with ``flock``: one logger per (run, rank).
+
+    The OS releases the lock when the process dies, however it dies, so there is never a stale
+    lock to clean by hand. The holder's pid and host are written inside, for the message a second
+    logger gets. A forked child (a DataLoader worker) closes its copy of the descriptor, so the
+    lock goes with the process that took it, not with the last of its children.
+    """
+    if fcntl is None:  # pragma: no cover
+        return -1
+    path = run_dir / f".rank_{rank:03d}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise AumReplayError(f"{path}: cannot open the rank's lock file ({exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise RunLockedError(
+            f"{run_dir}: rank {rank} is already being recorded by {holder} (lock {path.name}); "
+            "a second logger would replace its epochs: stop that process, or use another run "
+            "directory or rank"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise AumReplayError(
+            f"{path}: cannot lock the rank's lock file ({exc}); this file system has no locks"
+        ) from None
+    holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    with contextlib.suppress(OSError):  # the lock is what counts; the text only helps the message
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (holder + "\n").encode(), 0)
+    return fd
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode())
+        pid, host = int(info["pid"]), str(info["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (pid unknown)"
+    if pid == os.getpid() and host == socket.gethostname():
+        return (
+            f"pid {pid} on host {host}, this very process (an earlier LogitLogger on this run "
+            "and rank was never closed: close() it)"
+        )
+    return f"pid {pid} on host {host}"
+
+
+def _unlock(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)  # releases the flock
+
+
+def _close_locks_in_child() -> None:
+    for logger in list(_LOCKED):
+        fd, logger._lock_fd = logger._lock_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # the child's copy only: the parent keeps the lock
+    _LOCKED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
 def _alive(pid: int) -> bool:

@@ -183,21 +183,24 @@ class OutputSet:
         lock_path = self.out_dir / LOCK_NAME
         while True:
             try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
                 raise AumReplayError(
                     f"{lock_path}: cannot open the lock file ({describe_os_error(exc)})"
                 ) from None
+            fd = self._lock_fd
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_holder(fd)
+                self._lock_fd = None
                 os.close(fd)
                 raise AumReplayError(
                     f"{self.out_dir}: another aum-replay command ({holder}) is writing to this "
                     "directory; wait for it to finish or choose another OUT_DIR"
                 ) from None
             except OSError as exc:
+                self._lock_fd = None
                 os.close(fd)
                 raise AumReplayError(
                     f"{lock_path}: cannot lock ({describe_os_error(exc)})"
@@ -210,8 +213,8 @@ class OutputSet:
                 same = False
             if same:
                 break
+            self._lock_fd = None
             os.close(fd)
-        self._lock_fd = fd
         with contextlib.suppress(OSError):  # who holds it, for the message above
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
@@ -221,11 +224,15 @@ class OutputSet:
             with contextlib.suppress(OSError):
                 fh.close()
         self._handles.clear()
-        if self._lock_fd is not None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            # Interrupted (Ctrl-C) between opening and locking, we may not hold the lock yet:
+            # remove the file only while holding it (see _lock), never under another holder.
             with contextlib.suppress(OSError):
-                (self.out_dir / LOCK_NAME).unlink()  # while still locked: see _lock
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.path.samestat(os.fstat(fd), os.stat(self.out_dir / LOCK_NAME)):
+                    (self.out_dir / LOCK_NAME).unlink()
+            os.close(fd)  # releases the flock
         if self.created and not self._committed:
             with contextlib.suppress(OSError):
                 self.out_dir.rmdir()  # only if nothing else is in it

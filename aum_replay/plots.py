@@ -19,7 +19,15 @@ import polars as pl
 
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
-from aum_replay.flag import DETAILS_NAME, MISLABELED_NAME, SUMMARY_NAME, FlagResult, flag
+from aum_replay.flag import (
+    DEFAULT_RULE,
+    DETAILS_NAME,
+    MISLABELED_NAME,
+    SUMMARY_NAME,
+    FlagResult,
+    Rule,
+    flag,
+)
 from aum_replay.format import ShardReader
 from aum_replay.kernels import margin_values
 from aum_replay.outputs import OutputSet, writing
@@ -117,6 +125,7 @@ def plot(
     lowest: int = 10,
     flags: FlagResult | str | os.PathLike[str] | None = None,
     epochs: str | EpochSelection | None = None,
+    rule: Rule = DEFAULT_RULE,
     percentile: float = 99.0,
 ) -> list[Path]:
     """Draw the PNG files of one run; returns their paths.
@@ -137,8 +146,9 @@ def plot(
         samples is flagged on its own; a run without gives no alpha line and no per-class plot.
     epochs
         Epoch selection (see :mod:`aum_replay.epochs`); default all.
-    percentile
-        Percentile of the threshold AUMs for alpha when ``flags`` is not given.
+    rule, percentile
+        How :func:`aum_replay.flag` cuts when ``flags`` is not given (the default rule, or the
+        paper's ``percentile`` of the threshold AUMs with ``rule="paper"``), over ``epochs``.
 
     Returns
     -------
@@ -162,7 +172,7 @@ def plot(
 
     if flags is None and run.threshold:
         # Flag this run on its own; its replay is the AUM table too (one replay, not two).
-        flags = flag([run.run_dir], None, epochs=selection, percentile=percentile)
+        flags = flag([run.run_dir], None, rule=rule, epochs=selection, percentile=percentile)
         result = flags.runs[0].result
     else:
         result = compute(run, None, full=False)

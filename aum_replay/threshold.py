@@ -18,6 +18,7 @@ functions below; :mod:`aum_replay.flag` applies them to recorded runs.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,11 +26,43 @@ import numpy as np
 from aum_replay.errors import InputError
 
 __all__ = [
+    "THRESHOLD_SHARE_LIMIT",
+    "ThresholdShareWarning",
     "combine_flags",
     "flag_run",
     "fraction_alpha",
     "threshold_alpha",
+    "warn_threshold_share",
 ]
+
+
+class ThresholdShareWarning(UserWarning):
+    """The threshold samples are a large share of the data (few classes)."""
+
+
+#: above this share of the data, recording warns (c < 9 classes with the default N // (c + 1))
+THRESHOLD_SHARE_LIMIT = 0.1
+
+
+def warn_threshold_share(num_threshold: int, num_samples: int, num_classes: int) -> None:
+    """Warn when the threshold samples are more than a tenth of the data.
+
+    With ``m = N // (c + 1)`` that is every run with fewer than 9 classes (20% at c = 4): the extra
+    class is then as large as a real one, takes a fifth of each real class's samples away and
+    lowers every margin. The default rule of ``aum-replay flag`` still places the cut well there
+    (README, detection benchmark, ``digits4``); the paper's 99th percentile flags too much.
+    Called by :class:`~aum_replay.threshold_data.ThresholdSampleDataset` when it is built.
+    """
+    if num_samples and num_threshold > THRESHOLD_SHARE_LIMIT * num_samples:
+        warnings.warn(
+            f"{num_threshold} threshold samples are {100 * num_threshold / num_samples:.0f}% of "
+            f"the {num_samples} samples ({num_classes} classes): a threshold class this large "
+            "crowds the real ones and lowers every margin. Flag with the default rule (not "
+            "--rule paper), or pass a smaller num_threshold (e.g. N // 10); see the README, "
+            "'Few classes'",
+            ThresholdShareWarning,
+            stacklevel=3,
+        )
 
 
 def threshold_alpha(threshold_aums: Any, percentile: float = 99.0) -> float:

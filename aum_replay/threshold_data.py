@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from aum_replay.errors import InputError
+from aum_replay.threshold import warn_threshold_share
 
 __all__ = ["ThresholdSampleDataset"]
 
@@ -91,6 +92,7 @@ class ThresholdSampleDataset(Dataset):
             )
         if sample_ids is not None and len(sample_ids) != n:
             raise InputError(f"sample_ids has {len(sample_ids)} ids for a dataset of {n} samples")
+        warn_threshold_share(m, n, int(num_classes))  # few classes: a large threshold share
         self.dataset = dataset
         self.num_classes = int(num_classes)
         self.extra_class = int(num_classes)

@@ -62,7 +62,7 @@ def read(path: Path) -> list[dict[str, str]]:
 
 
 def test_alpha_per_run_and_flags_combined_over_runs(two_runs: list[Path], tmp_path: Path) -> None:
-    result = flag(two_runs, tmp_path / "out")
+    result = flag(two_runs, tmp_path / "out", rule="paper")
     assert [r.alpha for r in result.runs] == pytest.approx([0.99, 2.99])
     assert [r.num_threshold for r in result.runs] == [2, 2]
     assert [r.num_flagged for r in result.runs] == [4, 4]  # {0,1,2,3} and {2,4,6,10}
@@ -74,7 +74,7 @@ def test_alpha_per_run_and_flags_combined_over_runs(two_runs: list[Path], tmp_pa
 
 
 def test_mislabeled_csv_most_suspicious_first(two_runs: list[Path], tmp_path: Path) -> None:
-    result = flag(two_runs, tmp_path / "out")
+    result = flag(two_runs, tmp_path / "out", rule="paper")
     assert result.mislabeled_path == tmp_path / "out" / "mislabeled.csv"
     rows = read(result.mislabeled_path)
     assert list(rows[0]) == ["sample_id", "aum_run1", "aum_run2", "aum_mean", "label"]
@@ -87,7 +87,7 @@ def test_mislabeled_csv_most_suspicious_first(two_runs: list[Path], tmp_path: Pa
 
 
 def test_details_csv_has_every_sample(two_runs: list[Path], tmp_path: Path) -> None:
-    result = flag(two_runs, tmp_path / "out")
+    result = flag(two_runs, tmp_path / "out", rule="paper")
     rows = read(result.details_path)
     assert list(rows[0]) == [
         "sample_id", "label",
@@ -105,7 +105,7 @@ def test_details_csv_has_every_sample(two_runs: list[Path], tmp_path: Path) -> N
 
 
 def test_percentile_and_epochs_are_applied(two_runs: list[Path]) -> None:
-    result = flag(two_runs, percentile=50.0, epochs="1")
+    result = flag(two_runs, rule="paper", percentile=50.0, epochs="1")
     assert [r.alpha for r in result.runs] == pytest.approx([0.5, 2.5])
     assert [r.epochs for r in result.runs] == [[1], [1]]
 
@@ -149,7 +149,9 @@ def test_output_is_not_touched_on_error(two_runs: list[Path], tmp_path: Path) ->
 
 # ---------------------------------------------------------------------------- the command
 def test_cli_flag_prints_alpha_counts_and_classes(two_runs: list[Path], tmp_path: Path) -> None:
-    result = runner.invoke(app, ["flag", *map(str, two_runs), "-o", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["flag", *map(str, two_runs), "-o", str(tmp_path / "o"), "--rule", "paper"]
+    )
     assert result.exit_code == 0, result.output
     assert "alpha 0.99 (99th percentile of 2 threshold samples)" in result.stdout
     assert "alpha 2.99" in result.stdout
@@ -206,6 +208,6 @@ def test_flag_accepts_string_ids(tmp_path: Path) -> None:
         tmp_path / "r", threshold_samples={"sample_ids": ["s4", "s5"], "extra_class": 2}
     ) as lg:
         lg.log(logits, targets, names, epoch=0)
-    result = flag(tmp_path / "r", percentile=100.0)
+    result = flag(tmp_path / "r", rule="paper", percentile=100.0)
     assert result.flagged_ids == ["s3", "s0"]
     assert np.isclose(result.runs[0].alpha, 1.0)

@@ -260,6 +260,30 @@ def test_empty_batches_record_nothing_and_do_not_fix_the_id_kind(tmp_path: Path)
     assert info.id_kind == "str" and ids.tolist() == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize(
+    "no_targets",
+    [
+        [],
+        (),
+        np.zeros(0),
+        np.array([], dtype=object),
+        torch.zeros(0),
+        torch.zeros(0, dtype=torch.bool),
+    ],
+    ids=["list", "tuple", "float64 array", "object array", "float tensor", "bool tensor"],
+)
+def test_an_empty_batch_is_nothing_to_log_whatever_its_empty_dtypes(
+    tmp_path: Path, no_targets: Any
+) -> None:
+    # `targets=[]` was refused with "got float64 values"; an empty float id array likewise.
+    with LogitLogger(tmp_path) as logger:
+        logger.log(torch.zeros(0, C), no_targets, no_targets, epoch=0)
+        logger.log(torch.randn(2, C), [0, 1], [7, 8], epoch=0)
+        logger.log(torch.zeros(0, C), no_targets, np.zeros(0), epoch=0)
+    _, _, ids, info = read_shard(list_shards(tmp_path)[0][2])
+    assert ids.tolist() == [7, 8] and info.num_rows == 2
+
+
 # ---------------------------------------------------------------------- publishing
 
 
@@ -445,7 +469,28 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("mixed ids", {"ids": [1, "b", 3, 4]}, "mix ints and strings"),
     ("None id", {"ids": [1, None, 3, 4]}, "sample id None"),
     ("dict ids", {"ids": {1: 2}}, "got dict"),
-    ("negative epoch", {"epoch": -1}, "epoch must be a non-negative int, got -1"),
+    ("negative epoch", {"epoch": -1}, r"epoch must be an int with 0 <= epoch < 2\*\*31, got -1"),
+    ("epoch 2**31", {"epoch": 2**31}, "got 2147483648"),
+    ("epoch 2**63", {"epoch": 2**63}, "got 9223372036854775808"),
+    ("epoch 10**30", {"epoch": 10**30}, f"got {10**30}"),
+    ("uint64 epoch 2**64-1", {"epoch": np.uint64(2**64 - 1)}, "got np.uint64"),
+    (
+        "uint64 id 2**64-1",
+        {"ids": np.array([1, 2, 3, 2**64 - 1], np.uint64)},
+        "18446744073709551615",
+    ),
+    (
+        "uint64 id 2**63",
+        {"ids": torch.tensor([1, 2, 3, 2**63], dtype=torch.uint64)},
+        "9223372036854775808 is outside the int64",
+    ),
+    ("int id 2**64-1", {"ids": [1, 2, 3, 2**64 - 1]}, "sample id 18446744073709551615 is outside"),
+    (
+        "int id -2**63-1",
+        {"ids": [1, -(2**63) - 1, 3, 4]},
+        "sample id -9223372036854775809 is outside",
+    ),
+    ("numpy uint64 id", {"ids": [1, 2, np.uint64(2**63), 4]}, "sample id 9223372036854775808"),
     ("float epoch", {"epoch": 1.0}, "got 1.0"),
     ("str epoch", {"epoch": "1"}, "got '1'"),
     ("bool epoch", {"epoch": True}, "got True"),
@@ -534,6 +579,7 @@ def test_logits_dtype_must_not_change_within_an_epoch(tmp_path: Path) -> None:
         ({"compression": "zstd"}, "compression must be one of .* not 'zstd'"),
         ({"chunk_bytes": 100}, "chunk_bytes must be at least 1024, not 100"),
         ({"max_pending": 0}, "max_pending must be at least 1, not 0"),
+        ({"on_error": "ignore"}, "on_error must be one of .* not 'ignore'"),
         ({"rank": 2, "world_size": 2}, "rank 2 is outside world size 2"),
         ({"rank": -1, "world_size": 2}, "rank -1 is outside world size 2"),
         ({"metadata": {"f": object()}}, "metadata must be JSON-serialisable"),
@@ -581,6 +627,30 @@ def test_writer_failure_is_raised_on_end_epoch_and_published_shards_stay(
     assert list_temporaries(tmp_path) == []
     got, _, _, _ = read_shard(list_shards(tmp_path)[0][2])
     np.testing.assert_array_equal(bits(got), bits(rows[0][0]))
+
+
+def test_on_error_stop_warns_once_and_then_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [make_epoch(e) for e in range(3)]
+    logger = LogitLogger(tmp_path, chunk_bytes=1024, on_error="stop")
+    log_epochs(logger, [(0, *rows[0])])
+    logger.end_epoch()
+
+    def disk_full(self: ShardWriter, *args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ShardWriter, "append", disk_full)
+    log_epochs(logger, [(1, *rows[1])])
+    with pytest.warns(RuntimeWarning, match="recording stopped, training goes on") as caught:
+        assert logger.end_epoch() is None
+        monkeypatch.undo()
+        log_epochs(logger, [(2, *rows[2])])  # does nothing, warns no more
+        assert logger.end_epoch() is None
+        logger.close()
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert [e for e, _, _ in list_shards(tmp_path)] == [0]
+    assert list_temporaries(tmp_path) == []
 
 
 def test_writer_failure_is_raised_on_the_next_log(
@@ -737,3 +807,14 @@ def test_cuda_logits_with_grad(tmp_path: Path) -> None:
     np.testing.assert_array_equal(bits(got), bits(logits))
     np.testing.assert_array_equal(got_targets, targets.numpy())
     np.testing.assert_array_equal(ids, order)
+
+
+def test_a_second_logger_of_one_rank_in_the_same_process_is_refused_until_the_first_closes(
+    tmp_path: Path,
+) -> None:
+    first = LogitLogger(tmp_path)
+    with pytest.raises(aum_replay.RunLockedError, match=r"this very process .* close\(\) it"):
+        LogitLogger(tmp_path)
+    LogitLogger(tmp_path, rank=1, world_size=2).close()  # another rank is free
+    first.close()
+    LogitLogger(tmp_path).close()  # free again

@@ -330,7 +330,9 @@ def test_no_stray_line_on_stderr_off_a_terminal(run_dir: Path, tmp_path: Path) -
     ):
         proc = subprocess.run(cli(*args), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stderr == ""
+        # flag's warnings are meant (random logits: everything flagged looks wrong); nothing else
+        stray = [ln for ln in proc.stderr.splitlines() if not ln.startswith("aum-replay: warning:")]
+        assert stray == []
 
 
 def test_an_empty_epoch_selection_is_a_usage_error(run_dir: Path, tmp_path: Path) -> None:

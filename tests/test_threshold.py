@@ -8,7 +8,13 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from aum_replay import DatasetWithIndex, InputError, LogitLogger, ThresholdSampleDataset, compute
-from aum_replay.threshold import combine_flags, flag_run, fraction_alpha, threshold_alpha
+from aum_replay.threshold import (
+    ThresholdShareWarning,
+    combine_flags,
+    flag_run,
+    fraction_alpha,
+    threshold_alpha,
+)
 
 
 def _base(n: int = 110, num_classes: int = 10) -> TensorDataset:
@@ -51,7 +57,8 @@ def test_relabels_threshold_samples_only_and_keeps_label_type() -> None:
         assert isinstance(y, torch.Tensor) and y.dtype == base[i][1].dtype
         assert int(y) == (10 if i in chosen else int(base[i][1]))
         assert data.is_threshold(i) == (i in chosen)
-    plain = ThresholdSampleDataset([(0.0, 1, "a"), (1.0, 2, "b")], 3, num_threshold=2)
+    with pytest.warns(ThresholdShareWarning):  # every sample is a threshold sample here
+        plain = ThresholdSampleDataset([(0.0, 1, "a"), (1.0, 2, "b")], 3, num_threshold=2)
     assert plain[0] == (0.0, 3, "a")
 
 
@@ -156,3 +163,16 @@ def test_combine_flags_over_runs() -> None:
     # run; 4: never scored; 5: scored once, not flagged
     assert combine_flags(flags, scored).tolist() == [True, False, False, True, False, False]
     assert combine_flags(flags[0], scored[0]).tolist() == [True, True, False, False, False, False]
+
+
+def test_few_classes_warn_that_the_threshold_share_is_large() -> None:
+    import warnings
+
+    from aum_replay.threshold import ThresholdShareWarning
+
+    with pytest.warns(ThresholdShareWarning, match=r"20% of the 100 samples \(4 classes\)"):
+        ThresholdSampleDataset(_base(100, 4), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ThresholdSampleDataset(_base(110, 10), 10)  # 9%: quiet
+        ThresholdSampleDataset(_base(100, 4), 4, num_threshold=10)  # a smaller set: quiet

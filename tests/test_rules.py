@@ -1,0 +1,95 @@
+"""The cut-off rules of aum_replay.rules: properties on synthetic AUM distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aum_replay import InputError
+from aum_replay.rules import (
+    estimate_noise_fraction,
+    expected_f1_cut,
+    mixture_f1_cut,
+    replication_alpha,
+)
+
+
+def mixture(seed: int, pi: float = 0.2, n: int = 2000, low: float = -3.0, high: float = 3.0):
+    rng = np.random.default_rng(seed)
+    k = round(pi * n)
+    truth = np.zeros(n, dtype=bool)
+    truth[:k] = True
+    aums = np.where(truth, rng.normal(low, 1.0, n), rng.normal(high, 1.0, n))
+    return aums, truth
+
+
+def f1(flagged: np.ndarray, truth: np.ndarray) -> float:
+    tp = (flagged & truth).sum()
+    return 2 * tp / (flagged.sum() + truth.sum())
+
+
+def test_replication_alpha_flags_when_more_than_one_percent_are_greater() -> None:
+    rng = np.random.default_rng(0)
+    for m in (1, 50, 99, 100, 101, 163, 250):
+        t = np.round(rng.normal(size=m), 1)  # ties included
+        a = np.round(rng.normal(size=500) * 2, 1)
+        alpha = replication_alpha(t)
+        expected = np.array([(t > x).mean() > 0.01 for x in a])
+        assert ((a <= alpha) == expected).all(), m
+
+
+def test_replication_alpha_ignores_nan_and_needs_a_finite_value() -> None:
+    assert replication_alpha([np.nan, 1.0, 2.0]) == replication_alpha([1.0, 2.0])
+    with pytest.raises(InputError, match="finite"):
+        replication_alpha([np.nan])
+
+
+@pytest.mark.parametrize("pi", [0.05, 0.2, 0.4])
+def test_mixture_cut_finds_the_fraction_and_a_near_optimal_cut(pi: float) -> None:
+    aums, truth = mixture(1, pi)
+    threshold = np.random.default_rng(2).normal(-3.0, 1.0, 300)
+    alpha, estimate, expected = mixture_f1_cut(aums, threshold)
+    assert estimate == pytest.approx(pi, abs=0.02)
+    assert f1(aums <= alpha, truth) > 0.98
+    assert expected == pytest.approx(f1(aums <= alpha, truth), abs=0.02)
+
+
+def test_mixture_cut_does_not_need_threshold_samples_shaped_like_the_mislabeled() -> None:
+    # class-dependent noise: the network half-learns the flip, mislabeled AUMs sit well above
+    # the threshold samples'. The threshold-anchored estimate misses most of them; the mixture
+    # does not.
+    aums, truth = mixture(3, 0.2, low=-0.5, high=3.0)
+    threshold = np.random.default_rng(4).normal(-3.0, 0.7, 300)
+    alpha, _, _ = mixture_f1_cut(aums, threshold)
+    assert f1(aums <= alpha, truth) > 0.85
+    anchored, _, _ = expected_f1_cut(aums, threshold)
+    assert f1(aums <= anchored, truth) < 0.5
+
+
+def test_mixture_cut_moves_with_the_aums() -> None:
+    aums, _ = mixture(5)
+    threshold = np.random.default_rng(6).normal(-3.0, 1.0, 200)
+    alpha, pi, _ = mixture_f1_cut(aums, threshold)
+    shifted = mixture_f1_cut(aums + 7.0, threshold + 7.0)
+    assert shifted[0] == pytest.approx(alpha + 7.0, abs=1e-6)
+    scaled = mixture_f1_cut(aums * 3.0, threshold * 3.0)
+    assert scaled[0] == pytest.approx(alpha * 3.0, rel=1e-6)
+    assert scaled[1] == pytest.approx(pi, abs=1e-6)
+
+
+def test_mixture_cut_is_a_scored_aum_and_handles_degenerate_input() -> None:
+    aums, _ = mixture(7)
+    alpha, _, _ = mixture_f1_cut(aums, [-3.0, -2.0])
+    assert alpha in set(aums.tolist())
+    assert mixture_f1_cut(np.ones(10), [0.0]) == (float("-inf"), 0.0, 0.0)
+    with pytest.raises(InputError, match="scored sample"):
+        mixture_f1_cut([np.nan], [0.0])
+
+
+def test_noise_fraction_estimate_is_an_upper_bound_when_shapes_match() -> None:
+    aums, _ = mixture(8, 0.2)
+    threshold = np.random.default_rng(9).normal(-3.0, 1.0, 400)
+    estimate = estimate_noise_fraction(aums, threshold)
+    assert 0.18 <= estimate <= 0.24
+    assert estimate_noise_fraction(aums, [100.0]) == pytest.approx(1.0)
+    assert estimate_noise_fraction(aums + 100.0, threshold) == 0.0
