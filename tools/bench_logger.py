@@ -6,6 +6,13 @@ of both), so drift and noisy neighbours hit both sides alike. The figure that ma
 of median step times (goal: <= 1.03); a real model's step is far longer than this one, so its
 relative overhead is far smaller.
 
+The same model is then trained by each installed framework - a Lightning ``Trainer`` and the
+Hugging Face ``Trainer`` - with and without ``aum_replay.integrations``' ``LogitLoggerCallback``,
+in alternating fits of ``--steps`` steps (each fit drops its first steps as warm-up). A step is
+timed from one batch start to the next, so everything the callback adds (its hooks, the copy) and
+everything the framework does (collation, callbacks, the optimizer) is inside; ratios are of
+medians, as above.
+
 Extra memory is reported two ways: ``buffer_bytes``, the host buffers the logger may hold at once
 (``(max_pending + 1)`` chunk-sized logits buffers plus their targets and ids), and
 ``rss_peak_growth_bytes``, how much the process's peak resident set (VmHWM) grew once the logger
@@ -14,17 +21,21 @@ ran, against the peak of the same loop without it (tracemalloc cannot see torch'
 Usage::
 
     python tools/bench_logger.py [--threads 1] [--rounds 10] [--steps 20] [--steps-per-epoch 100]
+                                 [--frameworks lightning,transformers] [--framework-rounds 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,6 +66,15 @@ def main() -> None:
         "--steps-per-epoch", type=int, default=100, help="logged steps per epoch (publishes)"
     )
     parser.add_argument("--run-dir", type=Path, default=None, help="default: a temporary dir")
+    parser.add_argument(
+        "--frameworks",
+        default="lightning,transformers",
+        help="callbacks to time, comma-separated (those not installed are reported as such); "
+        "'none' for none",
+    )
+    parser.add_argument(
+        "--framework-rounds", type=int, default=4, help="alternating fits per framework, each way"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -147,9 +167,191 @@ def main() -> None:
                 "rss_peak_growth_bytes": peak_with - peak_without if peak_without >= 0 else None,
                 "memory_method": "buffer_bytes = (max_pending+1) x chunk rows x row bytes; "
                 "rss_peak_growth_bytes = VmHWM after the logged steps - VmHWM before the logger",
+                **bench_frameworks(args),
             }
         )
     )
+
+
+def make_mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(IN, HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN, HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN, CLASSES),
+    )
+
+
+def median_ratio(without: list[float], with_cb: list[float]) -> dict[str, float]:
+    a, b = statistics.median(without), statistics.median(with_cb)
+    return {
+        "step_ms_without": round(a * 1e3, 3),
+        "step_ms_with": round(b * 1e3, 3),
+        "ratio": round(b / a, 4),
+        "steps_timed_each_way": len(without),
+    }
+
+
+def bench_frameworks(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    wanted = [] if args.frameworks == "none" else args.frameworks.split(",")
+    benches = {"lightning": bench_lightning, "transformers": bench_transformers}
+    for name in wanted:
+        try:
+            out[f"{name}_callback"] = benches[name](args)
+        except ImportError as exc:
+            out[f"{name}_callback"] = f"not measured: {exc}"
+    return out
+
+
+def alternate(fit: Any, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+    """``fit(run_dir or None) -> step seconds``, alternated; the first 3 steps of a fit dropped."""
+    without: list[float] = []
+    with_cb: list[float] = []
+    for r in range(args.framework_rounds):
+        for side in ("without", "with") if r % 2 == 0 else ("with", "without"):
+            if side == "with":
+                with_cb += fit(tmp / f"run{r}")[3:]
+            else:
+                without += fit(None)[3:]
+    return median_ratio(without, with_cb)
+
+
+def bench_lightning(args: argparse.Namespace) -> dict[str, Any]:
+    import warnings
+
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from aum_replay.integrations.lightning import LogitLoggerCallback
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_mlp()
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y, _ = batch
+            logits = self.net(x)
+            return {"loss": torch.nn.functional.cross_entropy(logits, y), "logits": logits}
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+    class Timer(L.Callback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def on_train_batch_start(self, *_: Any) -> None:
+            self.starts.append(time.perf_counter())
+
+    n = BATCH * (args.steps + 4)
+    data = TensorDataset(torch.randn(n, IN), torch.randint(0, CLASSES, (n,)), torch.arange(n))
+    module = Module()
+
+    def fit(run_dir: Path | None) -> list[float]:
+        timer = Timer()
+        callbacks: list[Any] = [timer]
+        if run_dir is not None:
+            callbacks.insert(0, LogitLoggerCallback(run_dir))
+        trainer = L.Trainer(
+            max_epochs=1,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=callbacks,
+        )
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            trainer.fit(module, DataLoader(data, batch_size=BATCH))
+        return [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)]
+
+    with tempfile.TemporaryDirectory(prefix="bench-lightning-") as tmp:
+        return {"lightning": L.__version__, **alternate(fit, args, Path(tmp))}
+
+
+def bench_transformers(args: argparse.Namespace) -> dict[str, Any]:
+    import logging
+
+    import transformers
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    from aum_replay.integrations.transformers import LogitLoggerCallback
+
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+    class Config(transformers.PretrainedConfig):
+        model_type = "aum-replay-bench-mlp"
+
+    class Model(transformers.PreTrainedModel):
+        config_class = Config
+
+        def __init__(self, config: Config) -> None:
+            super().__init__(config)
+            self.net = make_mlp()
+            self.post_init()
+
+        def _init_weights(self, module: Any) -> None:
+            pass
+
+        def forward(self, x: torch.Tensor, labels: torch.Tensor) -> Any:
+            logits = self.net(x)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    class Timer(transformers.TrainerCallback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.starts.append(time.perf_counter())
+
+    n = BATCH * (args.steps + 4)
+    x, y = torch.randn(n, IN), torch.randint(0, CLASSES, (n,))
+    # Without the callback the dataset has no id column: a run without aum-replay has none.
+    plain_rows = [{"x": x[i], "labels": int(y[i])} for i in range(n)]
+    id_rows = [{**row, "sample_id": i} for i, row in enumerate(plain_rows)]
+    model = Model(Config())
+
+    def fit(run_dir: Path | None) -> list[float]:
+        timer = Timer()
+        callbacks: list[Any] = [timer]
+        if run_dir is not None:
+            callbacks.insert(0, LogitLoggerCallback(run_dir))
+        with tempfile.TemporaryDirectory(prefix="bench-hf-out-") as out:
+            trainer = transformers.Trainer(
+                model=model,
+                args=transformers.TrainingArguments(
+                    output_dir=out,
+                    num_train_epochs=1,
+                    per_device_train_batch_size=BATCH,
+                    learning_rate=0.01,
+                    save_strategy="no",
+                    logging_strategy="no",
+                    report_to=[],
+                    use_cpu=True,
+                    disable_tqdm=True,
+                    remove_unused_columns=False,
+                    dataloader_num_workers=0,
+                ),
+                train_dataset=id_rows if run_dir is not None else plain_rows,
+                callbacks=callbacks,
+            )
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints its metrics
+                trainer.train()
+            for callback in callbacks:  # the model is reused: take the hooks off
+                if isinstance(callback, LogitLoggerCallback):
+                    callback.remove_hooks()
+        return [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)]
+
+    with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
+        return {"transformers": transformers.__version__, **alternate(fit, args, Path(tmp))}
 
 
 if __name__ == "__main__":
