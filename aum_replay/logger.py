@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import queue
-import socket
 import threading
 import warnings
 import weakref
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aum_replay import locks
 from aum_replay.batch import check_logits, check_storable_ids, check_targets, normalize_ids
 from aum_replay.errors import AumReplayError, InputError, RecordingError, RunLockedError
 from aum_replay.format import (
@@ -45,11 +45,6 @@ from aum_replay.format import (
     torch_dtype,
     torch_to_stored,
 )
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: no lock
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["LogitLogger"]
 
@@ -549,59 +544,29 @@ _LOCKED: weakref.WeakSet[LogitLogger] = weakref.WeakSet()
 
 
 def _lock_rank(run_dir: Path, rank: int) -> int:
-    """Hold ``run_dir/.rank_NNN.lock`` with ``flock``: one logger per (run, rank).
+    """Hold ``run_dir/.rank_NNN.lock`` (:mod:`aum_replay.locks`): one logger per (run, rank).
 
-    The OS releases the lock when the process dies, however it dies, so there is never a stale
-    lock to clean by hand. The holder's pid and host are written inside, for the message a second
-    logger gets. A forked child (a DataLoader worker) closes its copy of the descriptor, so the
-    lock goes with the process that took it, not with the last of its children.
+    A forked child (a DataLoader worker) closes its copy of the descriptor, so the lock goes with
+    the process that took it, not with the last of its children.
     """
-    if fcntl is None:  # pragma: no cover
-        return -1
     path = run_dir / f".rank_{rank:03d}.lock"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise AumReplayError(f"{path}: cannot open the rank's lock file ({exc})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _lock_holder(fd)
-        os.close(fd)
+        return locks.acquire(path)
+    except locks.Busy as busy:
+        holder = busy.holder
+        if holder.endswith("this very process"):
+            holder += " (an earlier LogitLogger on this run and rank was never closed: close() it)"
         raise RunLockedError(
             f"{run_dir}: rank {rank} is already being recorded by {holder} (lock {path.name}); "
             "a second logger would replace its epochs: stop that process, or use another run "
             "directory or rank"
         ) from None
-    except OSError as exc:
-        os.close(fd)
-        raise AumReplayError(
-            f"{path}: cannot lock the rank's lock file ({exc}); this file system has no locks"
-        ) from None
-    holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
-    with contextlib.suppress(OSError):  # the lock is what counts; the text only helps the message
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (holder + "\n").encode(), 0)
-    return fd
-
-
-def _lock_holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0).decode())
-        pid, host = int(info["pid"]), str(info["host"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (pid unknown)"
-    if pid == os.getpid() and host == socket.gethostname():
-        return (
-            f"pid {pid} on host {host}, this very process (an earlier LogitLogger on this run "
-            "and rank was never closed: close() it)"
-        )
-    return f"pid {pid} on host {host}"
+    except locks.LockUnsupported as exc:
+        raise AumReplayError(f"{path}: {exc.strerror}") from None
 
 
 def _unlock(fd: int) -> None:
-    if fd >= 0:
-        os.close(fd)  # releases the flock
+    locks.release(fd)
 
 
 def _close_locks_in_child() -> None:

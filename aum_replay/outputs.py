@@ -3,8 +3,9 @@
 Every command that writes into an OUT_DIR (``compute``, ``flag``, ``plot``) does it through one
 :class:`OutputSet`:
 
-1. **One command at a time.** The set holds an exclusive ``flock`` on ``OUT_DIR/.aum-replay.lock``
-   for its lifetime; the operating system releases it when the process ends, however it ends.
+1. **One command at a time.** The set holds an exclusive lock (:mod:`aum_replay.locks`) on
+   ``OUT_DIR/.aum-replay.lock`` for its lifetime, removed when released; the operating system
+   releases it when the process ends, however it ends.
    A second command on the same OUT_DIR is refused with an error naming the holder.
 2. **Everything checked first.** Before any work: the directory is created if missing and must
    be writable, and no final name may be taken by something that is not a regular file.
@@ -22,18 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from aum_replay import locks
 from aum_replay.csvout import CsvWriter
 from aum_replay.errors import AumReplayError
 
@@ -181,43 +181,15 @@ class OutputSet:
 
     def _lock(self) -> None:
         lock_path = self.out_dir / LOCK_NAME
-        while True:
-            try:
-                self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as exc:
-                raise AumReplayError(
-                    f"{lock_path}: cannot open the lock file ({describe_os_error(exc)})"
-                ) from None
-            fd = self._lock_fd
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                self._lock_fd = None
-                os.close(fd)
-                raise AumReplayError(
-                    f"{self.out_dir}: another aum-replay command ({holder}) is writing to this "
-                    "directory; wait for it to finish or choose another OUT_DIR"
-                ) from None
-            except OSError as exc:
-                self._lock_fd = None
-                os.close(fd)
-                raise AumReplayError(
-                    f"{lock_path}: cannot lock ({describe_os_error(exc)})"
-                ) from None
-            # The holder before us removes the file before it unlocks: if it did so after we
-            # opened it, we hold a lock on a file nobody else will see, so try again.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            self._lock_fd = None
-            os.close(fd)
-        with contextlib.suppress(OSError):  # who holds it, for the message above
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            self._lock_fd = locks.acquire(lock_path, removable=True)
+        except locks.Busy as busy:
+            raise AumReplayError(
+                f"{self.out_dir}: another aum-replay command ({busy.holder}) is writing to this "
+                "directory; wait for it to finish or choose another OUT_DIR"
+            ) from None
+        except locks.LockUnsupported as exc:
+            raise AumReplayError(f"{lock_path}: {exc.strerror}") from None
 
     def _release(self) -> None:
         for fh in self._handles:
@@ -226,13 +198,7 @@ class OutputSet:
         self._handles.clear()
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            # Interrupted (Ctrl-C) between opening and locking, we may not hold the lock yet:
-            # remove the file only while holding it (see _lock), never under another holder.
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.path.samestat(os.fstat(fd), os.stat(self.out_dir / LOCK_NAME)):
-                    (self.out_dir / LOCK_NAME).unlink()
-            os.close(fd)  # releases the flock
+            locks.release(fd, self.out_dir / LOCK_NAME)
         if self.created and not self._committed:
             with contextlib.suppress(OSError):
                 self.out_dir.rmdir()  # only if nothing else is in it
@@ -355,14 +321,6 @@ class OutputSet:
     def pending(self) -> dict[str, Path]:
         """Output name -> temporary path, for the files written so far."""
         return dict(self._pending)
-
-
-def _read_holder(fd: int) -> str:
-    with contextlib.suppress(OSError):
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-        if text:
-            return text
-    return "pid unknown"
 
 
 def _fsync_file(path: Path) -> None:
