@@ -11,6 +11,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from enum import Enum
@@ -598,6 +599,62 @@ def flag_command(
     for path in (result.mislabeled_path, result.details_path, result.summary_path):
         if path is not None:
             out.print(f"wrote {path}", markup=False)
+
+
+@app.command("dynamics")
+@_errors_to_exit
+def dynamics_command(
+    run_dir: RunDir,
+    out_dir: OutDir,
+    epochs: Epochs = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            help=(
+                "Comma-separated signals to write (default all): aum, confidence, variability, "
+                "correctness, forgetting_events, never_learned, el2n, loss, aleatoric."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    duplicates: Duplicates = DuplicatesMode.first,
+    workers: Workers = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Write every sample's training dynamics to OUT_DIR/training_dynamics.csv, in one pass.
+
+    One row per sample, sorted by sample_id: target, num_measurements, AUM (as compute writes
+    it), the data map's confidence, variability and correctness, forgetting events and
+    never_learned, EL2N, loss and Data-IQ's aleatoric uncertainty (formulas in the README).
+
+    Example: aum-replay dynamics runs/exp1 -o dyn --epochs 1: --metrics aum,confidence,variability
+    """
+    from aum_replay.dynamics import DYNAMICS_NAME, dynamics
+
+    chosen = None if metrics is None else [m.strip() for m in metrics.split(",") if m.strip()]
+    started = time.perf_counter()
+    with _progress("replaying", quiet) as progress:
+        table = dynamics(
+            run_dir,
+            out_dir,
+            epochs=epochs,
+            metrics=chosen,
+            duplicates=duplicates.value,
+            workers=workers,
+            progress=progress,
+        )
+    if quiet:
+        return
+    summary = f"{table.height:,} samples, {int(table['num_measurements'].sum()):,} measurements"
+    if "never_learned" in table.columns:
+        summary += f"; never learned: {int(table['never_learned'].sum()):,}"
+    if "forgetting_events" in table.columns:
+        forgot = int((table["forgetting_events"].fill_null(0) > 0).sum())
+        summary += f"; forgotten at least once: {forgot:,}"
+    out.print(summary, markup=False)
+    out.print(f"wrote {Path(out_dir).expanduser() / DYNAMICS_NAME}", markup=False)
+    out.print(f"done in {time.perf_counter() - started:.2f} s", markup=False)
 
 
 def _split_ids(value: str | None) -> list[str]:

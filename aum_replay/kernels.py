@@ -29,11 +29,13 @@ import numpy as np
 
 __all__ = [
     "BlockMargins",
+    "RowSignals",
     "block_margins",
     "loaded_torch",
     "margin_values",
     "mask_targets",
     "row_max",
+    "row_signals",
     "widen",
 ]
 
@@ -166,3 +168,49 @@ def _round_bfloat16(values: np.ndarray) -> np.ndarray:
     bias = ((bits >> 16) & 1) + np.uint32(0x7FFF)
     rounded = ((bits + bias) & np.uint32(0xFFFF0000)).view(np.float32)
     return np.where(np.isnan(values), np.float32(np.nan), rounded)
+
+
+class RowSignals(NamedTuple):
+    """Per-row training-dynamics statistics of :func:`row_signals`; every field has shape (B,).
+
+    With z the row's logits widened to float64, y its label and p = softmax(z).
+    """
+
+    margin: np.ndarray
+    """The AUM margin, exactly as :func:`margin_values` (in the stored dtype)."""
+    p_target: np.ndarray
+    """p[y]."""
+    correct: np.ndarray
+    """1.0 where argmax(z) == y (the lowest index among equal maxima), else 0.0; NaN rows NaN."""
+    el2n: np.ndarray
+    """||p - onehot(y)||_2."""
+    loss: np.ndarray
+    """logsumexp(z) - z[y]."""
+
+
+def row_signals(x: np.ndarray, labels: np.ndarray, stored: str) -> RowSignals:
+    """Every per-row statistic the dynamics signals need, from one block in its disk dtype.
+
+    A row with a NaN anywhere gives NaN in every field (an inf logit gives NaN or inf where the
+    arithmetic does, as a plain loop would).
+    """
+    z = widen(x, stored).astype(np.float64)  # a copy: ``x`` stays intact for the margin
+    labels = labels.reshape(-1).astype(np.int64, copy=False)
+    rows = np.arange(len(z))
+    margin = margin_values(np.array(x, order="C"), labels, stored)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        top = z.max(axis=1)  # NaN propagates
+        shifted = np.exp(z - top[:, None])
+        total = shifted.sum(axis=1)
+        p = shifted / total[:, None]
+        target = z[rows, labels]
+        lse = top + np.log(total)
+        p_target = p[rows, labels]
+        diff = p
+        diff[rows, labels] -= 1.0
+        el2n = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        loss = lse - target
+    bad = np.isnan(top)
+    correct = (z.argmax(axis=1) == labels).astype(np.float64)
+    correct[bad] = np.nan
+    return RowSignals(margin, p_target, correct, el2n, loss)
