@@ -1,4 +1,5 @@
-"""Pictures of a run: the AUM histogram, margin-over-epochs curves, flagged counts per class.
+"""Pictures of a run: the AUM histogram, margin-over-epochs curves, the data map (dataset
+cartography's variability x confidence, coloured by correctness) and flagged counts per class.
 
 Everything is drawn with matplotlib's headless Agg backend into PNG files. The margin curves
 stream the shards block by block and keep only the rows of the few ids asked for (plus a per-epoch
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from aum_replay.dynamics import dynamics
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
 from aum_replay.flag import (
@@ -36,6 +38,7 @@ from aum_replay.run import Run, open_run
 from aum_replay.threshold import threshold_alpha
 
 __all__ = [
+    "DATA_MAP_PNG",
     "FLAGGED_PNG",
     "HISTOGRAM_PNG",
     "MARGINS_PNG",
@@ -47,7 +50,8 @@ __all__ = [
 HISTOGRAM_PNG = "aum_histogram.png"
 MARGINS_PNG = "margins.png"
 FLAGGED_PNG = "flagged_per_class.png"
-PNG_NAMES = (HISTOGRAM_PNG, MARGINS_PNG, FLAGGED_PNG)
+DATA_MAP_PNG = "data_map.png"
+PNG_NAMES = (HISTOGRAM_PNG, MARGINS_PNG, DATA_MAP_PNG, FLAGGED_PNG)
 BLOCK_ROWS = 1 << 16
 
 
@@ -153,7 +157,7 @@ def plot(
     Returns
     -------
     list of Path
-        ``aum_histogram.png``, ``margins.png`` and, when flags are known,
+        ``aum_histogram.png``, ``margins.png``, ``data_map.png`` and, when flags are known,
         ``flagged_per_class.png``.
     """
     import matplotlib
@@ -236,6 +240,35 @@ def plot(
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     figures.append((MARGINS_PNG, fig))
 
+    # The data map (dataset cartography): variability x confidence, coloured by correctness.
+    dyn = dynamics(run, metrics=["confidence", "variability", "correctness"])
+    dyn_ids = dyn["sample_id"].to_numpy()
+    thr_map = _threshold_mask(run, dyn_ids)
+    fig, ax = plt.subplots(figsize=(7, 5.2), layout="constrained")
+    points = ax.scatter(
+        dyn["variability"].to_numpy(), dyn["confidence"].to_numpy(), s=6,
+        c=dyn["correctness"].to_numpy(), cmap="viridis", vmin=0.0, vmax=1.0, linewidths=0,
+    )  # fmt: skip
+    fig.colorbar(points, ax=ax, label="correctness (fraction of epochs argmax = label)")
+    if thr_map.any():
+        ax.scatter(
+            dyn["variability"].to_numpy()[thr_map], dyn["confidence"].to_numpy()[thr_map],
+            s=14, facecolors="none", edgecolors="tab:orange", linewidths=0.6,
+            label=f"threshold samples ({int(thr_map.sum()):,})",
+        )  # fmt: skip
+    if known is not None and known.flagged is not None:
+        hit = np.isin(dyn_ids.astype(np.str_) if run.id_kind == "str" else dyn_ids, known.flagged)
+        ax.scatter(
+            dyn["variability"].to_numpy()[hit], dyn["confidence"].to_numpy()[hit], s=10,
+            marker="x", color="tab:red", linewidths=0.6, label=f"flagged ({int(hit.sum()):,})",
+        )  # fmt: skip
+    ax.set_xlabel("variability (std of p[label] over epochs)")
+    ax.set_ylabel("confidence (mean of p[label] over epochs)")
+    ax.set_title(f"Data map of {run.run_dir.name}: {len(dyn_ids):,} samples")
+    if thr_map.any() or (known is not None and known.flagged is not None):
+        ax.legend(loc="lower right", fontsize="small")
+    figures.append((DATA_MAP_PNG, fig))
+
     if known is not None:
         classes = np.arange(max(known.num_classes, 1))
         counts = np.array([known.per_class.get(int(c), 0) for c in classes])
@@ -274,6 +307,8 @@ class _Flags:
     num_classes: int
     labels: np.ndarray | None = None
     """Given label of every scored sample (the denominators of the per-class rate)."""
+    flagged: np.ndarray | None = None
+    """Ids of the flagged samples (marked on the data map)."""
 
 
 def _load_flags(
@@ -287,14 +322,17 @@ def _load_flags(
     if isinstance(flags, FlagResult):
         alpha = next((r.alpha for r in flags.runs if _same(r.run_dir, run.run_dir)), None)
         given = flags.details["label"].drop_nulls().to_numpy()
-        return _Flags(alpha, dict(flags.flagged_per_class), num_classes, given)
+        ids = _as_ids(flags.flagged_ids, run.id_kind)
+        return _Flags(alpha, dict(flags.flagged_per_class), num_classes, given, ids)
     folder = Path(flags).expanduser()
     mislabeled = folder / MISLABELED_NAME
     if not mislabeled.is_file():
         raise InputError(f"{folder}: no {MISLABELED_NAME}; run 'aum-replay flag ... -o {folder}'")
     try:
-        labels = pl.read_csv(mislabeled, columns=["label"])["label"].drop_nulls().to_list()
-    except (pl.exceptions.PolarsError, OSError) as exc:
+        table = pl.read_csv(mislabeled, columns=["sample_id", "label"], infer_schema_length=0)
+        labels = table["label"].drop_nulls().cast(pl.Int64).to_list()
+        flagged = _as_ids(table["sample_id"].to_list(), run.id_kind)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise InputError(f"{mislabeled}: cannot read ({exc})") from None
     per_class: dict[int, int] = {}
     for value in labels:
@@ -319,7 +357,7 @@ def _load_flags(
                 and entry.get("alpha") is not None
             ):
                 alpha = float(entry["alpha"])
-    return _Flags(alpha, per_class, num_classes, scored)
+    return _Flags(alpha, per_class, num_classes, scored, flagged)
 
 
 def _same(a: Path, b: Path) -> bool:

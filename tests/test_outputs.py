@@ -155,6 +155,7 @@ def test_plot_without_threshold_samples_says_why_a_figure_is_missing(tmp_path: P
     assert "no flagged_per_class.png" in stdout and "--flags" in stdout
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "aum_histogram.png",
+        "data_map.png",
         "margins.png",
     ]
     code, stdout, stderr = invoke("plot", run, "-o", tmp_path / "q", "--quiet")
@@ -221,12 +222,22 @@ def test_compute_on_a_tiny_tmpfs_is_one_line(run_dir: Path, tmp_path: Path) -> N
         subprocess.run(["umount", str(mount)], check=True)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+def _wait_for(
+    path: Path, proc: subprocess.Popen[str], timeout: float = 60.0, *, written: bool = False
+) -> None:
+    """Until ``path`` exists (``written``: and holds something, e.g. a lock's holder)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not path.exists() or (written and not _size(path)):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"{path} never appeared (exit {proc.returncode})")
         time.sleep(0.001)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 @pytest.mark.slow
@@ -252,7 +263,7 @@ def test_a_second_command_on_one_out_dir_is_refused(big_run: Path, tmp_path: Pat
     first = subprocess.Popen(cli("compute", big_run, "-o", out, "--quiet"), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        _wait_for(out / LOCK_NAME, first)
+        _wait_for(out / LOCK_NAME, first, written=True)  # locked, and its holder written
         os.kill(first.pid, signal.SIGSTOP)  # paused while it holds OUT_DIR
         second = subprocess.run(cli("compute", big_run, "-o", out), capture_output=True, text=True,
                                 timeout=120)  # fmt: skip

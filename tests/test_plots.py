@@ -40,14 +40,19 @@ def _assert_pngs(paths: list[Path]) -> None:
 
 def test_plot_writes_three_valid_pngs(tmp_path: Path) -> None:
     paths = plot(_run(tmp_path), tmp_path / "png", ids=[5, 19], lowest=3)
-    assert [p.name for p in paths] == ["aum_histogram.png", "margins.png", "flagged_per_class.png"]
+    assert [p.name for p in paths] == [
+        "aum_histogram.png",
+        "margins.png",
+        "data_map.png",
+        "flagged_per_class.png",
+    ]
     assert all(p.parent == tmp_path / "png" for p in paths)
     _assert_pngs(paths)
 
 
 def test_plot_without_threshold_samples_or_flags_skips_the_class_plot(tmp_path: Path) -> None:
     paths = plot(_run(tmp_path, threshold=False), tmp_path / "png")
-    assert [p.name for p in paths] == ["aum_histogram.png", "margins.png"]
+    assert [p.name for p in paths] == ["aum_histogram.png", "margins.png", "data_map.png"]
     _assert_pngs(paths)
 
 
@@ -81,7 +86,7 @@ def test_cli_plot(tmp_path: Path) -> None:
         app, ["plot", str(run), "-o", str(tmp_path / "png"), "--ids", "3,17", "--lowest", "2"]
     )
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("wrote ") == 3
+    assert result.stdout.count("wrote ") == 4
     _assert_pngs(sorted((tmp_path / "png").glob("*.png")))
     bad = CliRunner().invoke(app, ["plot", str(run), "-o", str(tmp_path / "png"), "--ids", "x"])
     assert bad.exit_code == 1 and bad.stderr.startswith("aum-replay: error: sample ids")

@@ -40,6 +40,7 @@ def test_runnable_blocks_run_in_order(tmp_path: Path) -> None:
     assert (tmp_path / "flags" / "mislabeled.csv").is_file()
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "aum_histogram.png",
+        "data_map.png",
         "flagged_per_class.png",
         "margins.png",
     ]
