@@ -24,8 +24,8 @@ from aum_replay.errors import InputError
 from aum_replay.kernels import RowSignals, row_signals
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.reducers import METRICS, DynamicsState
-from aum_replay.replay import _Ledger, _stream
-from aum_replay.run import IdIndex, Run, open_run, scan_ids
+from aum_replay.replay import _Ledger, _stream, open_checked
+from aum_replay.run import IdIndex, Run, scan_ids
 
 __all__ = ["DYNAMICS_NAME", "METRICS", "dynamics"]
 
@@ -76,16 +76,7 @@ def dynamics(
     unknown = [m for m in chosen if m not in METRICS]
     if unknown or not chosen:
         raise InputError(f"unknown metric(s) {unknown or chosen}; choose from {', '.join(METRICS)}")
-    if duplicates not in ("first", "all"):
-        raise InputError(f"duplicates must be 'first' or 'all', not {duplicates!r}")
-    if workers < 0:
-        raise InputError(f"workers must be 0 or more, not {workers}")
-    if isinstance(run_dir, Run):
-        if epochs is not None:
-            raise InputError("pass epochs to open_run(), not with an opened Run")
-        run = run_dir
-    else:
-        run = open_run(run_dir, epochs)
+    run = open_checked(run_dir, epochs, duplicates=duplicates, workers=workers)
     with ExitStack() as stack:
         outputs = None
         if out_dir is not None:

@@ -169,17 +169,8 @@ def compute(
         Bad run directory, shard, selection or option. No output file is created or changed.
     """
     started = time.perf_counter()
-    if duplicates not in ("first", "all"):
-        raise InputError(f"duplicates must be 'first' or 'all', not {duplicates!r}")
-    if workers < 0:
-        raise InputError(f"workers must be 0 or more, not {workers}")
     kernel_device = _device(device)
-    if isinstance(run_dir, Run):
-        if epochs is not None:
-            raise InputError("pass epochs to open_run(), not with an opened Run")
-        run = run_dir
-    else:
-        run = open_run(run_dir, epochs)
+    run = open_checked(run_dir, epochs, duplicates=duplicates, workers=workers)
     with ExitStack() as stack:
         outputs = None
         if out_dir is not None:
@@ -199,6 +190,25 @@ def compute(
             progress=progress,
             started=started,
         )
+
+
+def open_checked(
+    run_dir: str | Path | Run,
+    epochs: str | EpochSelection | None,
+    *,
+    duplicates: str,
+    workers: int,
+) -> Run:
+    """The validated, selected run of a replay (``compute``, ``dynamics``), options checked."""
+    if duplicates not in ("first", "all"):
+        raise InputError(f"duplicates must be 'first' or 'all', not {duplicates!r}")
+    if workers < 0:
+        raise InputError(f"workers must be 0 or more, not {workers}")
+    if isinstance(run_dir, Run):
+        if epochs is not None:
+            raise InputError("pass epochs to open_run(), not with an opened Run")
+        return run_dir
+    return open_run(run_dir, epochs)
 
 
 def _compute(
