@@ -12,15 +12,12 @@ Every file is written under a temporary name in the target directory and renamed
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import polars as pl
-
-from aum_replay.errors import AumReplayError
 
 __all__ = [
     "FULL_COLUMNS",
@@ -30,7 +27,6 @@ __all__ = [
     "AtomicCsv",
     "CsvWriter",
     "format_floats",
-    "prepare_out_dir",
     "sort_values",
     "to_frame",
 ]
@@ -67,28 +63,6 @@ def format_floats(values: np.ndarray) -> pl.Series:
     if len(nan):
         out = out.scatter(nan, pl.Series([None] * len(nan), dtype=pl.String))
     return out
-
-
-def prepare_out_dir(out_dir: str | os.PathLike[str]) -> tuple[Path, bool]:
-    """Create ``out_dir`` if needed and check that a file can be written in it.
-
-    Returns ``(path, created)``. A probe file is written and removed: ``os.access`` says yes to
-    root even on a read-only mount.
-
-    Raises
-    ------
-    AumReplayError
-        If the directory cannot be created or written to.
-    """
-    path = Path(out_dir).expanduser()
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".aum-replay-probe-")  # noqa: SIM115
-        probe.close()
-    except OSError as exc:
-        raise AumReplayError(f"{path}: output directory is not writable ({exc.strerror})") from None
-    return path, created
 
 
 def to_frame(columns: Mapping[str, np.ndarray | pl.Series]) -> pl.DataFrame:

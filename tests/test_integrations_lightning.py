@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 L = pytest.importorskip("lightning")
 
 from aum import AUMCalculator  # noqa: E402
+from shards import shard_rows  # noqa: E402
 
 import aum_replay  # noqa: E402
 from aum_replay import DatasetWithIndex, InputError  # noqa: E402
@@ -94,15 +95,6 @@ def loaders() -> tuple[DataLoader, DataLoader]:
     )
     val = DataLoader(dataset(32, VAL_IDS, seed=2), batch_size=BATCH)
     return train, val
-
-
-def shard_rows(run_dir: Path) -> dict[tuple[int, int], tuple[torch.Tensor, list[int]]]:
-    out = {}
-    for epoch, rank, path in list_shards(run_dir):
-        with ShardReader(path) as reader:
-            logits, _ = reader.read_block(0, reader.info.num_rows)
-            out[(epoch, rank)] = (logits, reader.read_ids().tolist())
-    return out
 
 
 def reference(seen: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]], out: Path) -> Path:

@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from aum import AUMCalculator  # noqa: E402
+from shards import shard_rows  # noqa: E402
 from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
 
 import aum_replay  # noqa: E402
@@ -112,15 +113,6 @@ def make_trainer(out: Path, callback: Any, *, cls: Any = None, **options: Any) -
         eval_dataset=rows(16, EVAL_IDS, seed=2),
         callbacks=[callback],
     )
-
-
-def shard_rows(run_dir: Path) -> dict[tuple[int, int], tuple[torch.Tensor, list[int]]]:
-    out = {}
-    for epoch, rank, path in list_shards(run_dir):
-        with ShardReader(path) as reader:
-            logits, _ = reader.read_block(0, reader.info.num_rows)
-            out[(epoch, rank)] = (logits, reader.read_ids().tolist())
-    return out
 
 
 def read_csv(path: Path) -> list[list[str]]:

@@ -218,13 +218,18 @@ def run(cmd: list[str], timeout: float, **kwargs: Any) -> tuple[int | None, str,
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, **kwargs
     ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            return None, out, err
-        return proc.returncode, out, err
+        return wait(proc, timeout)
+
+
+def wait(proc: subprocess.Popen[str], timeout: float) -> tuple[int | None, str, str]:
+    """Wait for a started process: ``(returncode or None if it had to be killed, out, err)``."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return None, out, err
+    return proc.returncode, out, err
 
 
 def crashed(rc: int | None) -> bool:
@@ -541,13 +546,7 @@ def two_writers(work: Path, tally: Tally, timeout: float) -> None:
         )
 
     def finish(proc: subprocess.Popen[str]) -> tuple[int | None, str, str]:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            return None, out, err
-        return proc.returncode, out, err
+        return wait(proc, timeout)
 
     # Started together (a job submitted twice), three times.
     for trial in range(3):
