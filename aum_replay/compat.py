@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from aum_replay.accumulate import MarginAccumulator
 from aum_replay.batch import check_logits, check_targets, normalize_ids
 from aum_replay.csvout import (
     FULL_COLUMNS,
@@ -35,10 +34,12 @@ from aum_replay.csvout import (
     sort_values,
 )
 from aum_replay.dataset import DatasetWithIndex
+from aum_replay.engine import Fold, Segment
 from aum_replay.errors import InputError
 from aum_replay.logger import LogitLogger
 from aum_replay.margins import host_fields, margins
 from aum_replay.outputs import OutputSet, writing
+from aum_replay.reducers import AUM
 from aum_replay.replay import WRITE_ROWS, make_records, write_records
 
 __all__ = ["AUMCalculator", "AUMRecord", "BatchRecords", "DatasetWithIndex"]
@@ -140,7 +141,10 @@ class AUMCalculator:
         self._index: dict[SampleId, int] = {}
         self._ids: list[SampleId] = []
         self._id_kind: str | None = None
-        self._acc = MarginAccumulator()
+        self._aum = AUM()
+        self._fold = Fold(0, [self._aum], duplicates="all", sink=self._running)
+        self._rows = 0  # rows given so far: the position of the next one
+        self._batch: tuple[np.ndarray, np.ndarray] | None = None
         self._records: list[np.ndarray] = []
         self._table = np.zeros(0, dtype=np.int64)  # small int id -> dense index, -1 if unseen
         self._logger = LogitLogger(log_dir, **logger_options) if log_dir is not None else None
@@ -195,10 +199,11 @@ class AUMCalculator:
         targets_t = torch.from_numpy(target_array).to(logits.device)
         m = margins(logits, targets_t)
         margin = m.margin.cpu().numpy()
-        result = self._acc.update(index, margin, running=True)
-        assert result is not None
-        counts, aum = result
-        records = make_records(index, target_array, host_fields(m), margin, counts, aum)
+        stats = {"margin": margin, **host_fields(m)._asdict()}
+        self._batch = counts, aum = np.empty(rows, dtype=np.int64), np.empty(rows)
+        self._fold.update(Segment(self._rows, 0, index, target_array, stats))
+        self._rows += rows
+        records = make_records(index, target_array, stats, counts, aum)
         if not self.compressed:
             self._records.append(records)
 
@@ -218,6 +223,15 @@ class AUMCalculator:
 
         return BatchRecords(build)
 
+    def _running(
+        self, rows: Segment, where: np.ndarray | None, counts: np.ndarray, aum: np.ndarray
+    ) -> None:
+        """The fold's sink: each row's count and AUM, into the current batch's arrays."""
+        assert self._batch is not None
+        place = slice(None) if where is None else where
+        self._batch[0][place] = counts
+        self._batch[1][place] = aum
+
     def _ids_to_index(self, ids: np.ndarray, id_list: list[SampleId]) -> np.ndarray:
         """Dense index of each id, registering new ids in order of first appearance.
 
@@ -236,8 +250,8 @@ class AUMCalculator:
             index = np.fromiter(
                 (self._dict_index(i) for i in id_list), dtype=np.int64, count=len(id_list)
             )
-        if len(self._ids) > self._acc.num_samples:  # grow geometrically: amortised O(1) per id
-            self._acc.grow(max(len(self._ids), 2 * self._acc.num_samples))
+        if len(self._ids) > self._fold.num_samples:  # grow geometrically: amortised O(1) per id
+            self._fold.resize(max(len(self._ids), 2 * self._fold.num_samples))
         return index
 
     def _table_index(self, ids: np.ndarray) -> np.ndarray:
@@ -273,13 +287,13 @@ class AUMCalculator:
     def counts(self) -> defaultdict[SampleId, int]:
         """Sample id -> number of measurements so far (a new ``defaultdict(int)`` each call)."""
         n = len(self._ids)
-        return defaultdict(int, zip(self._ids, self._acc.counts[:n].tolist(), strict=True))
+        return defaultdict(int, zip(self._ids, self._fold.counts[:n].tolist(), strict=True))
 
     @property
     def sums(self) -> defaultdict[SampleId, float]:
         """Sample id -> sum of its margins so far (a new ``defaultdict(float)`` each call)."""
         n = len(self._ids)
-        return defaultdict(float, zip(self._ids, self._acc.sums[:n].tolist(), strict=True))
+        return defaultdict(float, zip(self._ids, self._aum.sums[:n].tolist(), strict=True))
 
     @property
     def records(self) -> list[AUMRecord]:
@@ -347,7 +361,7 @@ class AUMCalculator:
         if self._logger is not None:
             self._logger.close()
         ids = np.array(self._ids, dtype=np.int64 if self._id_kind == "int" else np.str_)
-        aum = self._acc.aum()[: len(ids)]
+        aum = self._fold.result().signals["aum"][: len(ids)]
         order = sort_values(ids, aum)
         names = (VALUES_NAME,) if self.compressed else (VALUES_NAME, FULL_NAME)
         with OutputSet(target, names) as outputs, writing(target, "the AUM files"):

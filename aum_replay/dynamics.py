@@ -1,10 +1,11 @@
 """``dynamics()``: every training-dynamics signal of a run, from one streamed pass.
 
-The same stream as :func:`aum_replay.compute` (validated shards, worker threads, the duplicates
-ledger) feeds one kernel per block (:func:`aum_replay.kernels.row_signals`: the margin and the
-softmax statistics of each row, computed once) and two states: the exact AUM accumulator that
-``compute`` uses (so ``aum`` here is bit for bit ``aum_values.csv``'s) and the reducers of
-:mod:`aum_replay.reducers`. The result is one row per sample, sorted by sample id.
+The same stream as :func:`aum_replay.compute` (validated shards, worker threads) feeds one
+kernel call per block (:func:`aum_replay.kernels.block_stats`: just the statistics the chosen
+signals read, each computed once) and one :class:`aum_replay.engine.Fold` (the duplicates
+ledger and the reducers of :mod:`aum_replay.reducers`; the AUM reducer is the one ``compute``
+uses, so ``aum`` here is bit for bit ``aum_values.csv``'s). The result is one row per sample,
+sorted by sample id.
 """
 
 from __future__ import annotations
@@ -12,19 +13,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
-from aum_replay.accumulate import MarginAccumulator, occurrence_rank
 from aum_replay.csvout import to_frame
+from aum_replay.engine import Fold
 from aum_replay.epochs import EpochSelection
 from aum_replay.errors import InputError
-from aum_replay.kernels import RowSignals, row_signals
+from aum_replay.kernels import Stats, block_stats
 from aum_replay.outputs import OutputSet, writing
-from aum_replay.reducers import METRICS, DynamicsState
-from aum_replay.replay import _Ledger, _stream, open_checked
+from aum_replay.reducers import METRICS, reducers_for
+from aum_replay.replay import _stream, open_checked
 from aum_replay.run import IdIndex, Run, scan_ids
 
 __all__ = ["DYNAMICS_NAME", "METRICS", "dynamics"]
@@ -101,43 +102,34 @@ def _replay(
     scan = scan_ids(run.shards, run.id_kind)
     universe = scan.universe
     n = len(universe)
-    aum = MarginAccumulator(n)
-    state = DynamicsState(n)
-    ledger = _Ledger(n, duplicates, None, clean=scan.appearances is not None)
+    clean = scan.appearances is not None
+    fold = Fold(
+        n,
+        reducers_for(chosen, n),
+        duplicates=duplicates,
+        clean=clean,
+        counts=scan.appearances if clean else None,
+    )
 
-    def kernel(logits: np.ndarray, targets: np.ndarray, stored: str) -> tuple[np.ndarray, Any]:
-        rows = row_signals(logits, targets, stored)
-        return rows.margin, rows
+    def kernel(logits: np.ndarray, targets: np.ndarray, stored: str) -> Stats:
+        return block_stats(logits, targets, stored, fold.needs)
 
     ids = IdIndex(universe, run.id_kind)
-    for block in _stream(run, ids, kernel, block_bytes, workers):
-        keep = ledger.admit(block.index, block.targets, block.new_epoch)
-        index, rows = block.index, cast(RowSignals, block.fields)  # this kernel's fields
-        if keep is not None:
-            index, rows = index[keep], RowSignals(*(field[keep] for field in rows))
-        aum.update(index, rows.margin)  # exact, in measurement order, repeats included
-        if ledger.unique_rows:
-            state.update(index, rows)
-        else:  # --duplicates all: an index may repeat; fold its k-th rows in round k
-            rank = occurrence_rank(index)
-            for k in range(int(rank.max(initial=-1)) + 1):
-                pick = np.flatnonzero(rank == k)
-                state.update(index[pick], RowSignals(*(field[pick] for field in rows)))
+    for seg in _stream(run, ids, kernel, block_bytes, workers):
+        fold.update(seg)
         if progress is not None:
-            progress(block.rows_done, run.num_rows)
-    ledger.close()
-    signals = state.compute()
-    signals["aum"] = aum.aum()
+            progress(seg.stop, run.num_rows)
+    folded = fold.result(run.num_rows)
+    signals = folded.signals
     columns: dict[str, Any] = {
         "sample_id": universe,
-        "target": ledger.labels,
-        "num_measurements": aum.counts,
+        "target": folded.labels,
+        "num_measurements": folded.counts,
     }
-    known = signals.pop("known")
     for name in chosen:
         values = signals[name]
         if name in ("forgetting_events", "never_learned"):
-            columns[name] = pl.Series(name, values).set(pl.Series(~known), None)
+            columns[name] = pl.Series(name, values).set(pl.Series(~signals["known"]), None)
         else:
             columns[name] = values
     return pl.DataFrame(columns)

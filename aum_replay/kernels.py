@@ -22,20 +22,22 @@ torch's does.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
+    "STATS",
     "BlockMargins",
-    "RowSignals",
+    "Stats",
     "block_margins",
+    "block_stats",
     "loaded_torch",
     "margin_values",
     "mask_targets",
     "row_max",
-    "row_signals",
     "widen",
 ]
 
@@ -170,47 +172,111 @@ def _round_bfloat16(values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), np.float32(np.nan), rounded)
 
 
-class RowSignals(NamedTuple):
-    """Per-row training-dynamics statistics of :func:`row_signals`; every field has shape (B,).
+#: Every per-row statistic :func:`block_stats` computes; a reducer names the ones it reads.
+STATS = (
+    "margin",
+    "target_val",
+    "other_logit",
+    "other_val",
+    "correct",
+    "p_target",
+    "el2n",
+    "loss",
+)
+_SOFTMAX = frozenset({"p_target", "el2n", "loss"})
 
-    With z the row's logits widened to float64, y its label and p = softmax(z).
+Stats = dict[str, np.ndarray]
+"""Per-row statistics of one block, by name (see :data:`STATS`); every array has shape (B,)."""
+
+
+def block_stats(x: np.ndarray, labels: np.ndarray, stored: str, needs: Iterable[str]) -> Stats:
+    """The per-row statistics named in ``needs`` of one block in its disk dtype, in one pass.
+
+    With z a row widened to float64, y its label, p = softmax(z):
+
+    - ``margin``, ``target_val``, ``other_logit``, ``other_val``: as :func:`block_margins`
+      (``margin`` bit for bit the reference's);
+    - ``correct``: 1.0 where argmax(z) == y (numpy's argmax: the lowest index among equal
+      maxima), else 0.0; NaN for a row holding a NaN;
+    - ``p_target`` = p[y]; ``el2n`` = ||p - onehot(y)||_2; ``loss`` = logsumexp(z) - z[y].
+
+    The work is shared: the target entries are read and masked once, the largest other logit
+    found once; ``correct`` follows from comparing the two (an argmax only for tied rows); the
+    softmax reuses the masked block, so that ``1 - p[y]`` is a sum of the other probabilities
+    rather than a difference (no cancellation when p[y] is close to 1). ``x`` is used as
+    scratch. A NaN anywhere in a row makes every float statistic of the row NaN.
     """
-
-    margin: np.ndarray
-    """The AUM margin, exactly as :func:`margin_values` (in the stored dtype)."""
-    p_target: np.ndarray
-    """p[y]."""
-    correct: np.ndarray
-    """1.0 where argmax(z) == y (the lowest index among equal maxima), else 0.0; NaN rows NaN."""
-    el2n: np.ndarray
-    """||p - onehot(y)||_2."""
-    loss: np.ndarray
-    """logsumexp(z) - z[y]."""
-
-
-def row_signals(x: np.ndarray, labels: np.ndarray, stored: str) -> RowSignals:
-    """Every per-row statistic the dynamics signals need, from one block in its disk dtype.
-
-    A row with a NaN anywhere gives NaN in every field (an inf logit gives NaN or inf where the
-    arithmetic does, as a plain loop would).
-    """
-    z = widen(x, stored).astype(np.float64)  # a copy: ``x`` stays intact for the margin
+    needs = frozenset(needs)
+    unknown = needs.difference(STATS)
+    if unknown:
+        raise ValueError(f"unknown statistics {sorted(unknown)}")
+    x = widen(x, stored)
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)  # the flat view in mask_targets must alias x
     labels = labels.reshape(-1).astype(np.int64, copy=False)
-    rows = np.arange(len(z))
-    margin = margin_values(np.array(x, order="C"), labels, stored)
+    target = mask_targets(x, labels)
+    search = x.astype(np.float32) if x.dtype == np.float16 else x  # argmax order, exact
+    other_logit = None
+    if "other_logit" in needs:
+        other_logit = search.argmax(axis=1).astype(np.int64, copy=False)
+        other = x[np.arange(len(x)), other_logit]
+    else:
+        other = row_max(x)
+    out: Stats = {}
+    if "margin" in needs:
+        out["margin"] = _difference(target, other, stored)
+    if "target_val" in needs:
+        out["target_val"] = target.astype(np.float64)
+    if "other_val" in needs:
+        out["other_val"] = other.astype(np.float64)
+    if other_logit is not None:
+        out["other_logit"] = other_logit
+    if "correct" in needs:
+        out["correct"] = _correct(target, other, other_logit, search, labels)
+    if needs & _SOFTMAX:
+        out.update(_softmax_stats(x, target, other, needs))
+    return out
+
+
+def _correct(
+    target: np.ndarray,
+    other: np.ndarray,
+    other_logit: np.ndarray | None,
+    search: np.ndarray,
+    labels: np.ndarray,
+) -> np.ndarray:
+    """argmax(z) == y from the target logit and the largest other one (see block_stats).
+
+    A tie (z[y] equal to the largest other logit) is y's when y comes first: y <= the lowest
+    index among the other maxima (equal when every other logit is -inf, masked like y's).
+    """
+    correct = (target > other).astype(np.float64)
+    tied = np.flatnonzero(target == other)
+    if len(tied):
+        first = other_logit[tied] if other_logit is not None else search[tied].argmax(axis=1)
+        correct[tied] = labels[tied] <= first
+    correct[np.isnan(target) | np.isnan(other)] = np.nan
+    return correct
+
+
+def _softmax_stats(
+    masked: np.ndarray, target: np.ndarray, other: np.ndarray, needs: frozenset[str]
+) -> Stats:
+    """p[y], EL2N and loss from the block whose target entries hold -inf (see block_stats)."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        top = z.max(axis=1)  # NaN propagates
-        shifted = np.exp(z - top[:, None])
-        total = shifted.sum(axis=1)
-        p = shifted / total[:, None]
-        target = z[rows, labels]
-        lse = top + np.log(total)
-        p_target = p[rows, labels]
-        diff = p
-        diff[rows, labels] -= 1.0
-        el2n = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        loss = lse - target
-    bad = np.isnan(top)
-    correct = (z.argmax(axis=1) == labels).astype(np.float64)
-    correct[bad] = np.nan
-    return RowSignals(margin, p_target, correct, el2n, loss)
+        t = target.astype(np.float64)
+        top = np.maximum(t, other.astype(np.float64))  # the row maximum; NaN propagates
+        shifted = np.subtract(masked, top[:, None], dtype=np.float64)
+        np.exp(shifted, out=shifted)  # exp(z_k - top) for k != y, 0 at y
+        rest = np.einsum("ij->i", shifted)  # sum over the other classes
+        mine = np.exp(t - top)
+        total = rest + mine
+        out: Stats = {}
+        if "p_target" in needs:
+            out["p_target"] = mine / total
+        if "loss" in needs:
+            out["loss"] = top + np.log(total) - t
+        if "el2n" in needs:
+            squares = np.einsum("ij,ij->i", shifted, shifted)
+            out["el2n"] = np.sqrt(squares / (total * total) + (rest / total) ** 2)
+    return out

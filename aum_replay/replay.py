@@ -25,7 +25,6 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from aum_replay.accumulate import MarginAccumulator, occurrence_rank
 from aum_replay.csvout import (
     FULL_COLUMNS,
     FULL_NAME,
@@ -35,11 +34,13 @@ from aum_replay.csvout import (
     sort_values,
     to_frame,
 )
+from aum_replay.engine import Fold, Segment
 from aum_replay.epochs import EpochSelection
 from aum_replay.errors import InputError
 from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader
-from aum_replay.kernels import BlockMargins, block_margins, loaded_torch, margin_values
+from aum_replay.kernels import Stats, block_stats, loaded_torch, margin_values
 from aum_replay.outputs import SCRATCH_PREFIX, OutputSet, writing
+from aum_replay.reducers import AUM
 from aum_replay.run import IdIndex, Run, check_targets, open_run, scan_ids
 
 __all__ = [
@@ -228,17 +229,9 @@ def _compute(
     scan = scan_ids(run.shards, run.id_kind)
     universe = scan.universe
     n = len(universe)
-    acc = MarginAccumulator(n)
     out_path = outputs.out_dir if outputs is not None else None
     keep_records = full and out_path is not None
-    counts = None  # without full records, the counts need no running value
-    if not keep_records:
-        if scan.appearances is not None:  # no id twice in an epoch: every row counts
-            acc.counts[:] = scan.appearances
-        else:
-            counts = acc.counts  # the ledger counts the rows it admits
-    ledger = _Ledger(n, duplicates, counts, clean=scan.appearances is not None)
-    nonfinite = 0
+    clean = scan.appearances is not None  # no id twice in an epoch: every row counts
     with ExitStack() as stack:
         torch = loaded_torch()  # the kernels use it when it is there (see row_max)
         if threads is not None and torch is not None:
@@ -249,22 +242,30 @@ def _compute(
             if keep_records
             else None
         )
-
+        fold = Fold(
+            n,
+            [AUM(n)],
+            duplicates=duplicates,
+            clean=clean,
+            counts=scan.appearances if clean else None,
+            sink=spill.sink if spill is not None else None,
+        )
         ids = IdIndex(universe, run.id_kind)
-        kernel = _kernel(device, keep_records)
-        for block in _stream(run, ids, kernel, block_bytes, workers):
-            nonfinite += _process(block, ledger, acc, spill)
+        kernel = _kernel(device, fold.needs | (RECORD_STATS if keep_records else set()))
+        for seg in _stream(run, ids, kernel, block_bytes, workers):
+            fold.update(seg)
             if progress is not None:
-                progress(block.rows_done, run.num_rows)
-        ledger.close()
-        aum = acc.aum()
+                progress(seg.stop, run.num_rows)
+        folded = fold.result(run.num_rows)
+        aum = folded.signals["aum"]
+        counts = folded.counts
         order = sort_values(universe, aum)
         table = pl.DataFrame(
             {
                 "sample_id": universe[order],
                 "aum": aum[order],
-                "num_measurements": acc.counts[order],
-                "target": ledger.labels[order],
+                "num_measurements": counts[order],
+                "target": folded.labels[order],
             }
         )
         values_path = full_path = None
@@ -276,7 +277,7 @@ def _compute(
             if spill is not None:
                 with writing(outputs.out_dir, FULL_NAME):
                     full_csv = outputs.csv(FULL_NAME, FULL_COLUMNS)
-                    spill.write_sorted(full_csv, universe, acc.counts)
+                    spill.write_sorted(full_csv, universe, counts)
                 spill.close()  # the scratch space is freed before the commit
             committed = outputs.commit()
             values_path = committed[0]
@@ -292,9 +293,9 @@ def _compute(
         num_classes=run.num_classes,
         id_kind=run.id_kind,
         num_samples=n,
-        num_measurements=int(acc.counts.sum()),
-        duplicates_dropped=ledger.duplicates_dropped,
-        nonfinite_margins=nonfinite,
+        num_measurements=int(counts.sum()),
+        duplicates_dropped=folded.duplicates_dropped,
+        nonfinite_margins=folded.nonfinite_margins,
         nonfinite_samples=int((~np.isfinite(aum)).sum()),
         temporaries=list(run.temporaries),
         threshold=run.threshold,
@@ -322,129 +323,54 @@ def _device(device: str) -> Any:
     return dev
 
 
-Kernel = Callable[[np.ndarray, np.ndarray, str], tuple[np.ndarray, BlockMargins | None]]
+#: The kernel statistics a full record holds besides the margin.
+RECORD_STATS = frozenset({"target_val", "other_logit", "other_val"})
+
+Kernel = Callable[[np.ndarray, np.ndarray, str], Stats]
 
 
-def _kernel(device: Any, fields: bool) -> Kernel:
-    """The margin kernel for a block: ``(logits, targets, stored) -> (margin, fields)``.
+def _kernel(device: Any, needs: frozenset[str]) -> Kernel:
+    """The kernel for a block: ``(logits, targets, stored) -> statistics`` (see
+    :func:`aum_replay.kernels.block_stats`).
 
-    ``logits`` is in its disk dtype (``stored`` names it); ``margin`` is ``float64`` on the
-    host; ``fields`` are all of :class:`~aum_replay.kernels.BlockMargins` (what the full records
-    need) or ``None`` when not asked for. The logits block is used as scratch. ``device`` is
-    ``None`` for the numpy kernel, else a torch device.
+    ``logits`` is in its disk dtype (``stored`` names it) and is used as scratch; the
+    statistics are on the host. ``device`` is ``None`` for the numpy kernel, else a torch
+    device, which computes the margin and the full records' fields (not the softmax ones).
     """
     if device is None:
+        if needs == {"margin"}:  # the values-only replay: the fewest calls per block
 
-        def on_host(
-            logits: np.ndarray, targets: np.ndarray, stored: str
-        ) -> tuple[np.ndarray, BlockMargins | None]:
-            if not fields:
-                return margin_values(logits, targets, stored), None
-            m = block_margins(logits, targets, stored)
-            return m.margin, m
+            def margins_only(logits: np.ndarray, targets: np.ndarray, stored: str) -> Stats:
+                return {"margin": margin_values(logits, targets, stored)}
+
+            return margins_only
+
+        def on_host(logits: np.ndarray, targets: np.ndarray, stored: str) -> Stats:
+            return block_stats(logits, targets, stored, needs)
 
         return on_host
 
+    unsupported = needs - RECORD_STATS - {"margin"}
+    if unsupported:
+        raise InputError(f"the {device} kernel computes no {', '.join(sorted(unsupported))}")
     import torch
 
     from aum_replay.format import torch_dtype
     from aum_replay.margins import host_fields, margins
 
-    def on_device(
-        logits: np.ndarray, targets: np.ndarray, stored: str
-    ) -> tuple[np.ndarray, BlockMargins | None]:
+    fields = bool(needs & RECORD_STATS)
+
+    def on_device(logits: np.ndarray, targets: np.ndarray, stored: str) -> Stats:
         block = torch.from_numpy(logits.view(np.int16) if stored == "bfloat16" else logits)
         block = block.view(torch_dtype(stored)).to(device, non_blocking=True)
         labels = torch.from_numpy(targets).to(device, non_blocking=True)
         m = margins(block, labels, inplace=True, with_index=fields)
-        return m.margin.cpu().numpy(), host_fields(m) if fields else None
+        stats: Stats = {"margin": m.margin.cpu().numpy()}
+        if fields:
+            stats.update(host_fields(m)._asdict())
+        return stats
 
     return on_device
-
-
-@dataclass
-class _Block:
-    """One block of rows, read and put through the margin kernel by a worker."""
-
-    targets: np.ndarray
-    """Label of every row."""
-    index: np.ndarray
-    """Dense sample index of every row."""
-    margin: np.ndarray
-    """Margin of every row (``float64``)."""
-    fields: BlockMargins | None
-    """Every output of the kernel, when the full records need them."""
-    all_finite: bool
-    """Every margin of the block is finite."""
-    new_epoch: bool
-    """The first block of an epoch (but the first epoch)."""
-    rows_done: int
-    """Rows read so far, this block included."""
-
-
-class _Ledger:
-    """The id side of the replay, kept in measurement order.
-
-    It decides which rows count (with ``duplicates="first"``, the first row of a sample in each
-    epoch), counts the rows dropped, keeps the label of each sample's last counted row and, when
-    given ``counts``, the number of counted rows of each sample.
-    """
-
-    def __init__(
-        self, n: int, duplicates: Duplicates, counts: np.ndarray | None, *, clean: bool
-    ) -> None:
-        self.labels = np.full(n, -1, dtype=np.int64)
-        self.duplicates_dropped = 0
-        # clean: no epoch holds an id twice (see scan_ids), so there is nothing to drop.
-        self._first_only = duplicates == "first" and not clean
-        self.unique_rows = duplicates == "first" or clean
-        """No sample index repeats among the rows admitted from one block."""
-        self._counts = counts
-        # Every row gets a ticket (its position in the stream); a sample's mark is the ticket of
-        # its last row seen (counted or dropped), so "seen this epoch" is mark >= the epoch's
-        # first ticket.
-        self._mark = np.full(n, -1, dtype=np.int64)
-        self._ticket = 0
-        self._epoch_start = 0
-
-    def admit(self, index: np.ndarray, targets: np.ndarray, new_epoch: bool) -> np.ndarray | None:
-        """Record one block; return the positions of its rows that count (``None``: all)."""
-        if new_epoch:
-            self._end_epoch()
-        keep = self._first_rows(index) if self._first_only else None
-        if keep is not None:
-            index, targets = index[keep], targets[keep]
-        self.labels[index] = targets
-        if self._counts is not None and not self._first_only:
-            np.add.at(self._counts, index, 1)
-        return keep
-
-    def close(self) -> None:
-        """Call after the last block."""
-        self._end_epoch()
-
-    def _end_epoch(self) -> None:
-        if self._counts is not None and self._first_only and self._ticket > self._epoch_start:
-            # One pass over N instead of a scatter per row: each sample counts once an epoch.
-            self._counts += self._mark >= self._epoch_start
-        self._epoch_start = self._ticket
-
-    def _first_rows(self, index: np.ndarray) -> np.ndarray | None:
-        rows = len(index)
-        tickets = np.arange(self._ticket, self._ticket + rows)
-        self._ticket += rows
-        earlier = self._mark[index]
-        self._mark[index] = tickets
-        # A repeated index keeps one ticket, so at most one of its rows reads its own back.
-        unique = bool((self._mark[index] == tickets).all())
-        if unique and (not rows or int(earlier.max()) < self._epoch_start):
-            return None  # the common case: no sample seen before in this epoch
-        fresh = earlier < self._epoch_start
-        if not unique:
-            fresh &= occurrence_rank(index) == 0
-        keep = np.flatnonzero(fresh)
-        self.duplicates_dropped += rows - len(keep)
-        return keep
 
 
 def _stream(
@@ -453,8 +379,8 @@ def _stream(
     kernel: Kernel,
     block_bytes: int,
     workers: int,
-) -> Iterator[_Block]:
-    """Blocks of every selected shard, through the margin kernel, in measurement order.
+) -> Iterator[Segment]:
+    """Blocks of every selected shard, through the kernel, in measurement order.
 
     ``workers`` threads each read a block into a buffer of their own and compute its margins
     while the block is still in that core's cache; the caller gets the blocks back in order.
@@ -466,7 +392,7 @@ def _stream(
     opened: list[ShardReader] = []
     lock = threading.Lock()
 
-    def work(i: int) -> _Block:
+    def work(i: int) -> Segment:
         shard, start, stop = plan[i]
         state = local.__dict__
         buffer = state.get(shard.stored_dtype)  # one per stored dtype (a run may change it)
@@ -484,12 +410,12 @@ def _stream(
         logits, targets = reader.read_arrays(start, stop, out=buffer)
         check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")
         index = ids(reader.read_ids(start, stop))
-        new_epoch = i > 0 and plan[i - 1][0].epoch != shard.epoch
-        margin, fields = kernel(logits, targets, shard.stored_dtype)
-        finite = bool(np.isfinite(margin.sum()))  # one pass, here rather than on the caller
-        return _Block(targets, index, margin, fields, finite, new_epoch, plan_rows[i])
+        stats = kernel(logits, targets, shard.stored_dtype)
+        margin = stats.get("margin")
+        finite = None if margin is None else bool(np.isfinite(margin.sum()))  # here: one pass
+        return Segment(positions[i], shard.epoch, index, targets, stats, finite)
 
-    plan_rows = np.cumsum([stop - start for _, start, stop in plan]).tolist()
+    positions = np.cumsum([0] + [stop - start for _, start, stop in plan]).tolist()
     try:
         if workers == 0:
             yield from (work(i) for i in range(len(plan)))
@@ -500,13 +426,13 @@ def _stream(
             reader.close()
 
 
-def _in_order(work: Callable[[int], _Block], count: int, workers: int) -> Iterator[_Block]:
+def _in_order(work: Callable[[int], Segment], count: int, workers: int) -> Iterator[Segment]:
     """``work(0), work(1), ...`` computed by ``workers`` threads, a few ahead, yielded in order.
 
     However the caller stops (an error, ``close()``), no thread is still working on return.
     """
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aum-replay") as pool:
-        pending: deque[Future[_Block]] = deque()
+        pending: deque[Future[Segment]] = deque()
         submitted = 0
         try:
             while submitted < count or pending:
@@ -546,31 +472,6 @@ def _ranges(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
         yield first, min(first + step, stop)
 
 
-def _process(
-    block: _Block,
-    ledger: _Ledger,
-    acc: MarginAccumulator,
-    spill: _Spill | None,
-) -> int:
-    """One block's margins into the accumulator (and the spill); returns the non-finite count."""
-    keep = ledger.admit(block.index, block.targets, block.new_epoch)
-    index, targets, margin, m = block.index, block.targets, block.margin, block.fields
-    if keep is not None:  # dropped rows are a rare few: the kernel saw them, we drop them here
-        index, targets, margin = index[keep], targets[keep], margin[keep]
-        if m is not None:
-            m = BlockMargins(*(field[keep] for field in m))
-    nonfinite = 0 if block.all_finite else int((~np.isfinite(margin)).sum())
-    unique = ledger.unique_rows
-    if spill is None:
-        acc.add(index, margin, unique=unique)  # the counts are the ledger's
-    else:
-        assert m is not None, "full records need every field of the kernel"
-        result = acc.update(index, margin, running=True, unique=unique)
-        assert result is not None  # running=True always returns the running values
-        spill.add(make_records(index, targets, m, margin, *result))
-    return nonfinite
-
-
 def write_records(csv: CsvWriter, parts: Iterable[np.ndarray], ids: np.ndarray) -> None:
     """Write full records, already in file order, to ``csv``.
 
@@ -593,20 +494,18 @@ def write_records(csv: CsvWriter, parts: Iterable[np.ndarray], ids: np.ndarray) 
 def make_records(
     index: np.ndarray,
     targets: np.ndarray,
-    m: BlockMargins,
-    margin: np.ndarray,
+    stats: Stats,
     counts: np.ndarray,
     aum: np.ndarray,
 ) -> np.ndarray:
-    """Full records (B,) of :data:`RECORD_DTYPE` from one block's kernel and accumulator output."""
+    """Full records (B,) of :data:`RECORD_DTYPE` from counted rows: their kernel statistics
+    (the margin and :data:`RECORD_STATS`), running counts and AUM."""
     records = np.empty(len(index), dtype=RECORD_DTYPE)
     records["index"] = index
     records["num_measurements"] = counts
     records["target_logit"] = targets
-    records["target_val"] = m.target_val
-    records["other_logit"] = m.other_logit
-    records["other_val"] = m.other_val
-    records["margin"] = margin
+    for name in ("target_val", "other_logit", "other_val", "margin"):
+        records[name] = stats[name]
     records["aum"] = aum
     return records
 
@@ -657,6 +556,12 @@ class _Spill:
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
+
+    def sink(
+        self, rows: Segment, where: np.ndarray | None, counts: np.ndarray, aum: np.ndarray
+    ) -> None:
+        """The fold's sink (:data:`aum_replay.engine.Sink`): counted rows become records."""
+        self.add(make_records(rows.index, rows.targets, rows.stats, counts, aum))
 
     def add(self, records: np.ndarray) -> None:
         if self.buckets == 1:
