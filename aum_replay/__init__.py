@@ -24,6 +24,7 @@ from aum_replay.errors import (
 
 if TYPE_CHECKING:
     from aum_replay.compat import AUMCalculator, AUMRecord, DatasetWithIndex
+    from aum_replay.dynamics import dynamics
     from aum_replay.flag import FlagResult, flag
     from aum_replay.logger import LogitLogger
     from aum_replay.plots import plot
@@ -39,6 +40,7 @@ _LAZY = {
     "LogitLogger": "aum_replay.logger",
     "ThresholdSampleDataset": "aum_replay.threshold_data",
     "compute": "aum_replay.replay",
+    "dynamics": "aum_replay.dynamics",
     "flag": "aum_replay.flag",
     "plot": "aum_replay.plots",
 }
@@ -58,6 +60,7 @@ __all__ = [
     "ThresholdSampleDataset",
     "__version__",
     "compute",
+    "dynamics",
     "flag",
     "plot",
 ]
@@ -76,15 +79,20 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
+#: Functions named like the submodule that holds them.
+_SHADOWED = frozenset(name for name, module in _LAZY.items() if module == f"{__name__}.{name}")
+
+
 class _Package(types.ModuleType):
-    """This package's module type: ``aum_replay.flag`` stays the function.
+    """This package's module type: ``aum_replay.flag`` and ``aum_replay.dynamics`` stay the
+    functions.
 
     Importing the submodule ``aum_replay.flag`` makes Python set the package's attribute ``flag``
     to that module, which would shadow the lazily imported function of the same name.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "flag" and isinstance(value, types.ModuleType):
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
             return  # the module is in sys.modules; the attribute is the function
         super().__setattr__(name, value)
 

@@ -92,8 +92,12 @@ def sort_values(sample_ids: np.ndarray, aum: np.ndarray) -> np.ndarray:
     ``sample_ids`` (N,) ints or strings, ``aum`` (N,) float64. Returns a permutation (N,).
     """
     aum = np.asarray(aum, dtype=np.float64)
-    id_rank = np.argsort(np.argsort(sample_ids, kind="stable"), kind="stable")
     nan = np.isnan(aum)
+    in_order = len(sample_ids) < 2 or bool((sample_ids[1:] > sample_ids[:-1]).all())
+    if in_order and not (nan.any() and np.isneginf(aum).any()):
+        # ids already ascending (a replay's universe): one stable sort, NaN after every value
+        return np.argsort(np.where(nan, np.inf, -aum), kind="stable")
+    id_rank = np.argsort(np.argsort(sample_ids, kind="stable"), kind="stable")
     key = np.where(nan, 0.0, -aum)
     return np.lexsort((id_rank, key, nan))
 

@@ -215,3 +215,22 @@ def test_sort_values_string_ids_by_code_point() -> None:
 def test_sort_values_negative_zero_ties_with_zero() -> None:
     ids = np.array([2, 1])
     assert ids[sort_values(ids, np.array([0.0, -0.0]))].tolist() == [1, 2]
+
+
+@given(
+    st.lists(
+        st.sampled_from([0.0, -0.0, 1.5, -1.5, 2.0, math.nan, math.inf, -math.inf]), max_size=30
+    ),
+    st.booleans(),
+)
+def test_sort_values_matches_the_definition(values: list[float], ascending_ids: bool) -> None:
+    """Both paths (ids already ascending, or not) give aum descending, NaN last, ties by id."""
+    ids = np.arange(len(values)) * 3 - 7
+    if not ascending_ids:
+        ids = ids[::-1].copy()
+    aum = np.array(values, dtype=np.float64)
+    want = sorted(
+        range(len(values)),
+        key=lambda i: (math.isnan(values[i]), 0.0 if math.isnan(values[i]) else -values[i], ids[i]),
+    )
+    assert sort_values(ids, aum).tolist() == want

@@ -84,5 +84,9 @@ def test_the_training_side_still_works_by_name() -> None:
     from aum_replay.threshold import ThresholdSampleDataset  # the old home still works
     import aum_replay.flag
     assert callable(aum_replay.flag) and aum_replay.flag.__name__ == "flag"
+    import aum_replay.dynamics
+    from aum_replay import dynamics
+    assert callable(dynamics) and aum_replay.dynamics is dynamics
+    assert dynamics.__module__ == "aum_replay.dynamics"
     """
     assert "torch" in run_python(body)

@@ -12,10 +12,20 @@ ratios that the goals are stated in:
 
 Each replay runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is its own.
 
+With ``--engine`` it measures the goals of the reducer engine instead, one JSON line for the
+three sizes of its issue (C=10: 200k samples x 20 epochs, C=100: 50k x 20, C=1000: 20k x 10):
+
+- values-only replay time against simply reading the same files into memory (a plain
+  ``readinto`` loop over the shard files, page cache warm), goal <= 1.5x at every C, both for
+  the CLI's pure-numpy kernels and for the ones that borrow an already imported torch;
+- every dynamics signal in one pass against the values-only replay at C=100, goal <= 1.5x.
+
 Usage::
 
     python tools/bench_replay.py                       # the full benchmark (a few minutes)
     python tools/bench_replay.py --samples 5000 --epochs 6 --ref-epochs 1   # a quick run
+    python tools/bench_replay.py --engine              # the engine's goals (~10 minutes)
+    python tools/bench_replay.py --engine --scale 0.1  # the same at a tenth of the samples
 """
 
 from __future__ import annotations
@@ -104,6 +114,96 @@ def reference(run_dir: Path, epochs: int, batch: int, compressed: bool) -> dict[
     }
 
 
+def readinto_all(run_dir: Path, buffer: bytearray) -> float:
+    """Read every shard file into memory with ``readinto``: the floor of any replay."""
+    view = memoryview(buffer)
+    started = time.perf_counter()
+    for path in sorted(run_dir.glob("epoch_*.h5")):
+        with open(path, "rb", buffering=0) as fh:
+            while fh.readinto(view):
+                pass
+    return time.perf_counter() - started
+
+
+def engine_child(run_dir: str, job: str, numpy_only: bool) -> None:
+    """Time one replay job (``values`` or ``dynamics``) twice in this process; print the best."""
+    from aum_replay import compute, dynamics, kernels
+
+    kernels.USE_LOADED_TORCH = not numpy_only
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        if job == "values":
+            compute(run_dir, None, full=False, threads=1)
+        else:
+            dynamics(run_dir, None)
+        times.append(time.perf_counter() - started)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": min(times[1:]), "peak_rss_mib": rss / 1024}))
+
+
+def engine_job(run_dir: Path, job: str, numpy_only: bool) -> dict[str, float]:
+    args = [sys.executable, __file__, "--engine-child", str(run_dir), job]
+    args += ["--numpy-only"] if numpy_only else []
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"engine child failed:\n{done.stdout}\n{done.stderr}")
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def engine(scale: float, repeats: int) -> None:
+    """The engine's goals at C=10, 100 and 1000 (see the module docstring)."""
+    sizes = [(10, 200_000, 20), (100, 50_000, 20), (1000, 20_000, 10)]
+    report: dict[str, Any] = {"bench": "replay-engine", "scale": scale, "sizes": {}}
+    buffer = bytearray(8 << 20)
+    for classes, samples, epochs in sizes:
+        samples = max(1000, int(samples * scale))
+        tmp = Path(tempfile.mkdtemp(prefix="aum-replay-bench-"))
+        try:
+            run_dir = tmp / "run"
+            write_run(run_dir, samples, classes, epochs)
+            readinto_all(run_dir, buffer)  # warm the page cache
+            read_s = min(readinto_all(run_dir, buffer) for _ in range(repeats))
+            figures: dict[str, Any] = {"samples": samples, "epochs": epochs}
+            figures["run_mb"] = round(sum(p.stat().st_size for p in run_dir.iterdir()) / 1e6, 1)
+            figures["readinto_s"] = round(read_s, 4)
+            for numpy_only in (True, False):
+                key = "numpy" if numpy_only else "torch_loaded"
+                values = min(
+                    (engine_job(run_dir, "values", numpy_only) for _ in range(repeats)),
+                    key=lambda f: f["seconds"],
+                )
+                figures[f"values_{key}_s"] = round(values["seconds"], 4)
+                figures[f"values_{key}_vs_readinto"] = round(values["seconds"] / read_s, 2)
+                if classes == 100:
+                    dyn = min(
+                        (engine_job(run_dir, "dynamics", numpy_only) for _ in range(repeats)),
+                        key=lambda f: f["seconds"],
+                    )
+                    figures[f"dynamics_{key}_s"] = round(dyn["seconds"], 4)
+                    figures[f"dynamics_{key}_vs_values"] = round(
+                        dyn["seconds"] / values["seconds"], 2
+                    )
+            report["sizes"][f"C{classes}"] = figures
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    sizes_out = report["sizes"]
+    report["goals_met"] = {
+        "values_within_1.5x_readinto_numpy": all(
+            f["values_numpy_vs_readinto"] <= 1.5 for f in sizes_out.values()
+        ),
+        "values_within_1.5x_readinto_torch_loaded": all(
+            f["values_torch_loaded_vs_readinto"] <= 1.5 for f in sizes_out.values()
+        ),
+        "dynamics_within_1.5x_values_numpy": sizes_out["C100"]["dynamics_numpy_vs_values"] <= 1.5,
+    }
+    report["machine"] = (
+        f"{platform.machine()} {platform.python_version()} torch {torch.__version__}"
+    )
+    print(json.dumps(report))
+
+
 def child(run_dir: str, out_dir: str, epochs: str, full: bool, numpy_only: bool) -> None:
     """Run the replay twice in this fresh process and print its figures.
 
@@ -169,10 +269,20 @@ def main() -> None:
         "--child", nargs=3, metavar=("RUN", "OUT", "EPOCHS"), help=argparse.SUPPRESS
     )
     parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", action="store_true", help="the reducer engine's goals")
+    parser.add_argument("--scale", type=float, default=1.0, help="--engine: share of samples")
+    parser.add_argument("--engine-child", nargs=2, metavar=("RUN", "JOB"), help=argparse.SUPPRESS)
     parser.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child, full=args.full, numpy_only=args.numpy_only)
+        return
+    if args.engine_child:
+        engine_child(*args.engine_child, numpy_only=args.numpy_only)
+        return
+    if args.engine:
+        torch.set_num_threads(1)
+        engine(args.scale, args.repeats)
         return
 
     torch.set_num_threads(1)
