@@ -123,8 +123,10 @@ def epoch_margins(
     device: str = "cpu",
     threads: int | None = 1,
     workers: int = 2,
+    client: Any = None,
 ) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Per-epoch mean margin of every sample of an opened run (one replay pass in all).
+    """Per-epoch mean margin of every sample of an opened run (one replay pass in all;
+    ``client``: on that Dask cluster).
 
     Returns
     -------
@@ -144,7 +146,7 @@ def epoch_margins(
         one = open_run(run.run_dir, parse_epochs(str(epoch)))
         result = compute(
             one, None, full=False, duplicates=duplicates, device=device, threads=threads,
-            workers=workers,
+            workers=workers, client=client,
         )  # fmt: skip
         ids = result.aum["sample_id"].to_numpy()
         ids = ids.astype(np.str_) if run.id_kind == "str" else ids.astype(np.int64)

@@ -15,18 +15,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import polars as pl
 
 from aum_replay.csvout import to_frame
 from aum_replay.engine import Fold
 from aum_replay.epochs import EpochSelection
 from aum_replay.errors import InputError
-from aum_replay.kernels import Stats, block_stats
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.reducers import METRICS, reducers_for
-from aum_replay.replay import _stream, open_checked
-from aum_replay.run import IdIndex, Run, scan_ids
+from aum_replay.replay import feed, id_scan, open_checked, stream
+from aum_replay.run import Run
 
 __all__ = ["DYNAMICS_NAME", "METRICS", "dynamics"]
 
@@ -43,6 +41,7 @@ def dynamics(
     workers: int = 2,
     block_bytes: int = 2 << 20,
     progress: Callable[[int, int], None] | None = None,
+    client: Any = None,
 ) -> pl.DataFrame:
     """The training-dynamics signals of every sample of a run, in one pass.
 
@@ -63,8 +62,9 @@ def dynamics(
         always there.
     duplicates
         As for :func:`aum_replay.compute`: ``"first"`` counts an id once per epoch.
-    workers, block_bytes, progress
-        As for :func:`aum_replay.compute`.
+    workers, block_bytes, progress, client
+        As for :func:`aum_replay.compute` (``client``: a ``dask.distributed.Client`` to run
+        the reading and the kernel on).
 
     Returns
     -------
@@ -82,7 +82,7 @@ def dynamics(
         outputs = None
         if out_dir is not None:
             outputs = stack.enter_context(OutputSet(out_dir, (DYNAMICS_NAME,)))
-        table = _replay(run, chosen, duplicates, workers, block_bytes, progress)
+        table = _replay(run, chosen, duplicates, workers, block_bytes, progress, client)
         if outputs is not None:
             with writing(outputs.out_dir, DYNAMICS_NAME):
                 csv = outputs.csv(DYNAMICS_NAME, tuple(table.columns))
@@ -98,8 +98,9 @@ def _replay(
     workers: int,
     block_bytes: int,
     progress: Callable[[int, int], None] | None,
+    client: Any,
 ) -> pl.DataFrame:
-    scan = scan_ids(run.shards, run.id_kind)
+    scan = id_scan(run, client)
     universe = scan.universe
     n = len(universe)
     clean = scan.appearances is not None
@@ -110,15 +111,8 @@ def _replay(
         clean=clean,
         counts=scan.appearances if clean else None,
     )
-
-    def kernel(logits: np.ndarray, targets: np.ndarray, stored: str) -> Stats:
-        return block_stats(logits, targets, stored, fold.needs)
-
-    ids = IdIndex(universe, run.id_kind)
-    for seg in _stream(run, ids, kernel, block_bytes, workers):
-        fold.update(seg)
-        if progress is not None:
-            progress(seg.stop, run.num_rows)
+    segments = stream(run, universe, fold.needs, None, block_bytes, workers, client)
+    feed(fold, segments, run.num_rows, progress)
     folded = fold.result(run.num_rows)
     signals = folded.signals
     columns: dict[str, Any] = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 import numpy as np
@@ -90,6 +91,32 @@ class Segment:
         """The rows at positions ``pick`` (for the fold; ``start`` is kept)."""
         stats = {name: value[pick] for name, value in self.stats.items()}
         return Segment(self.start, self.epoch, self.index[pick], self.targets[pick], stats)
+
+    @staticmethod
+    def concat(parts: Sequence[Segment]) -> Segment:
+        """Consecutive segments of one epoch (``parts[k + 1].start == parts[k].stop``) as one."""
+        first = parts[0]
+        for a, b in pairwise(parts):
+            if b.start != a.stop or b.epoch != a.epoch:
+                raise ValueError("only consecutive segments of one epoch concatenate")
+        if len(parts) == 1:
+            return first
+        stats = {k: np.concatenate([p.stats[k] for p in parts]) for k in first.stats}
+        finite = None if any(p.finite is None for p in parts) else all(p.finite for p in parts)
+        return Segment(
+            first.start,
+            first.epoch,
+            np.concatenate([p.index for p in parts]),
+            np.concatenate([p.targets for p in parts]),
+            stats,
+            finite,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (what a task sends back)."""
+        arrays = [self.index, self.targets, *self.stats.values()]
+        return sum(a.nbytes for a in arrays)
 
     def split(self, at: int) -> tuple[Segment, Segment]:
         """The first ``at`` rows and the rest, as two segments of the same stream."""
@@ -317,7 +344,7 @@ class Fold:
         if seg.start < self.frontier:
             raise ValueError(f"rows from {seg.start} were folded already: measurements overlap")
         insort(self._pending, (seg.start, seg.stop, seg), key=lambda item: item[0])
-        for (_, stop, _), (start, _, _) in zip(self._pending, self._pending[1:], strict=False):
+        for (_, stop, _), (start, _, _) in pairwise(self._pending):
             if start < stop:
                 raise ValueError(f"two segments hold row {start}: measurements overlap")
 

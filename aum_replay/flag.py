@@ -199,6 +199,7 @@ def flag(
     threads: int | None = 1,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    client: Any = None,
 ) -> FlagResult:
     """Flag the samples whose AUM is at or below the threshold samples' alpha, over several runs.
 
@@ -230,8 +231,8 @@ def flag(
     fraction
         In ``[0, 1]``: in each run, flag the lowest-AUM ``fraction`` of the scored samples.
         Exclusive with ``alpha``.
-    duplicates, device, threads, workers
-        Passed to :func:`aum_replay.compute`.
+    duplicates, device, threads, workers, client
+        Passed to :func:`aum_replay.compute` (``client``: a ``dask.distributed.Client``).
     progress
         Called as ``progress(rows_done, rows_total)`` over all runs.
 
@@ -292,7 +293,7 @@ def flag(
     decisions: list[AutoEpochs | None] = [None] * len(runs)
     if auto:
         for i, run in enumerate(runs):
-            decision = _auto_epochs(run, duplicates, device, threads, workers)
+            decision = _auto_epochs(run, duplicates, device, threads, workers, client)
             decisions[i] = decision
             runs[i] = open_run(run.run_dir, parse_epochs(",".join(map(str, decision.epochs))))
     kinds = {r.id_kind for r in runs}
@@ -324,6 +325,7 @@ def flag(
                 threads=threads,
                 workers=workers,
                 progress=report,
+                client=client,
             )
         )
         done_before += run.num_rows
@@ -485,11 +487,16 @@ def flag(
 
 
 def _auto_epochs(
-    run: Any, duplicates: Literal["first", "all"], device: str, threads: int | None, workers: int
+    run: Any,
+    duplicates: Literal["first", "all"],
+    device: str,
+    threads: int | None,
+    workers: int,
+    client: Any,
 ) -> AutoEpochs:
     """The auto epoch decision of one run, from its threshold samples' per-epoch margins."""
     epochs, ids, margins = epoch_margins(
-        run, duplicates=duplicates, device=device, threads=threads, workers=workers
+        run, duplicates=duplicates, device=device, threads=threads, workers=workers, client=client
     )
     mask = _threshold_mask(ids, run.threshold, run.id_kind, run.run_dir)
     return choose_epochs(epochs, margins[:, mask])

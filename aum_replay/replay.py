@@ -41,7 +41,7 @@ from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader
 from aum_replay.kernels import Stats, block_stats, loaded_torch, margin_values
 from aum_replay.outputs import SCRATCH_PREFIX, OutputSet, writing
 from aum_replay.reducers import AUM
-from aum_replay.run import IdIndex, Run, check_targets, open_run, scan_ids
+from aum_replay.run import IdIndex, IdScan, Run, check_targets, open_run, scan_ids
 
 __all__ = [
     "RECORD_DTYPE",
@@ -121,6 +121,7 @@ def compute(
     block_bytes: int = 2 << 20,
     spill_bytes: int = 8 << 20,
     progress: Callable[[int, int], None] | None = None,
+    client: Any = None,
 ) -> ComputeResult:
     """Replay a recorded run into AUM values (and full records), as the original library would.
 
@@ -159,6 +160,10 @@ def compute(
         Memory allowed for full records before they are bucketed to scratch files.
     progress
         Called as ``progress(rows_done, rows_total)`` after each block.
+    client
+        A ``dask.distributed.Client``: the shards are read and put through the kernel by the
+        cluster's workers (see :mod:`aum_replay.distributed`; the run directory must be visible
+        to every worker), the results are the same bit for bit. ``device`` must be ``"cpu"``.
 
     Returns
     -------
@@ -171,6 +176,8 @@ def compute(
     """
     started = time.perf_counter()
     kernel_device = _device(device)
+    if client is not None and kernel_device is not None:
+        raise InputError("a replay on Dask runs the kernel on the workers' CPUs: use device='cpu'")
     run = open_checked(run_dir, epochs, duplicates=duplicates, workers=workers)
     with ExitStack() as stack:
         outputs = None
@@ -190,6 +197,7 @@ def compute(
             spill_bytes=spill_bytes,
             progress=progress,
             started=started,
+            client=client,
         )
 
 
@@ -225,8 +233,9 @@ def _compute(
     spill_bytes: int,
     progress: Callable[[int, int], None] | None,
     started: float,
+    client: Any = None,
 ) -> ComputeResult:
-    scan = scan_ids(run.shards, run.id_kind)
+    scan = id_scan(run, client)
     universe = scan.universe
     n = len(universe)
     out_path = outputs.out_dir if outputs is not None else None
@@ -250,12 +259,9 @@ def _compute(
             counts=scan.appearances if clean else None,
             sink=spill.sink if spill is not None else None,
         )
-        ids = IdIndex(universe, run.id_kind)
-        kernel = _kernel(device, fold.needs | (RECORD_STATS if keep_records else set()))
-        for seg in _stream(run, ids, kernel, block_bytes, workers):
-            fold.update(seg)
-            if progress is not None:
-                progress(seg.stop, run.num_rows)
+        needs = fold.needs | (RECORD_STATS if keep_records else set())
+        segments = stream(run, universe, needs, device, block_bytes, workers, client)
+        feed(fold, segments, run.num_rows, progress)
         folded = fold.result(run.num_rows)
         aum = folded.signals["aum"]
         counts = folded.counts
@@ -304,6 +310,49 @@ def _compute(
         lookalikes=list(run.lookalikes),
         removed=removed,
     )
+
+
+def id_scan(run: Run, client: Any = None) -> IdScan:
+    """The run's id scan, on the cluster when there is a ``client``."""
+    if client is None:
+        return scan_ids(run.shards, run.id_kind)
+    from aum_replay import distributed
+
+    return distributed.scan_ids(client, run.shards, run.id_kind)
+
+
+def stream(
+    run: Run,
+    universe: np.ndarray,
+    needs: frozenset[str],
+    device: Any,
+    block_bytes: int,
+    workers: int,
+    client: Any = None,
+) -> Iterator[Segment]:
+    """Every selected row through the kernel computing ``needs``: here, in measurement order,
+    or on the cluster of ``client``, in arrival order (a :class:`Fold` takes either)."""
+    ids = IdIndex(universe, run.id_kind)
+    if client is None:
+        return _stream(run, ids, _kernel(device, needs), block_bytes, workers)
+    from aum_replay import distributed
+
+    return distributed.segments(client, run, ids, needs, block_bytes=block_bytes)
+
+
+def feed(
+    fold: Fold,
+    segments: Iterator[Segment],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Every segment into ``fold``, reporting ``progress(rows_done, total)`` after each."""
+    done = 0
+    for seg in segments:
+        fold.update(seg)
+        done += len(seg.index)
+        if progress is not None:
+            progress(done, total)
 
 
 def _device(device: str) -> Any:
@@ -407,13 +456,7 @@ def _stream(
                     opened.remove(reader)
                 reader = state["reader"] = ShardReader(shard.path, info=shard)
                 opened.append(reader)
-        logits, targets = reader.read_arrays(start, stop, out=buffer)
-        check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")
-        index = ids(reader.read_ids(start, stop))
-        stats = kernel(logits, targets, shard.stored_dtype)
-        margin = stats.get("margin")
-        finite = None if margin is None else bool(np.isfinite(margin.sum()))  # here: one pass
-        return Segment(positions[i], shard.epoch, index, targets, stats, finite)
+        return read_segment(reader, start, stop, positions[i], ids, kernel, buffer)
 
     positions = np.cumsum([0] + [stop - start for _, start, stop in plan]).tolist()
     try:
@@ -424,6 +467,30 @@ def _stream(
     finally:  # after _in_order has waited for every worker
         for reader in opened:
             reader.close()
+
+
+def read_segment(
+    reader: ShardReader,
+    start: int,
+    stop: int,
+    position: int,
+    ids: IdIndex,
+    kernel: Kernel,
+    buffer: np.ndarray,
+) -> Segment:
+    """Rows ``start:stop`` of one shard through the kernel, as the segment at ``position``.
+
+    ``buffer`` (at least ``stop - start`` rows of the shard's disk dtype) receives the logits
+    and is the kernel's scratch.
+    """
+    shard = reader.info
+    logits, targets = reader.read_arrays(start, stop, out=buffer)
+    check_targets(targets, shard.num_classes, f"{shard.path} rows {start}:{stop}")
+    index = ids(reader.read_ids(start, stop))
+    stats = kernel(logits, targets, shard.stored_dtype)
+    margin = stats.get("margin")
+    finite = None if margin is None else bool(np.isfinite(margin.sum()))  # here: one pass
+    return Segment(position, shard.epoch, index, targets, stats, finite)
 
 
 def _in_order(work: Callable[[int], Segment], count: int, workers: int) -> Iterator[Segment]:
