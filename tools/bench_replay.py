@@ -10,7 +10,7 @@ ratios that the goals are stated in:
 - full-record replay >= 30x the reference with ``compressed=False`` (finalize included);
 - peak RSS of the replay at E=20 within 10% of E=5.
 
-Each replay runs in a fresh subprocess, so its peak RSS (``ru_maxrss``) is its own.
+Each replay runs in a fresh subprocess, so its peak RSS (``VmHWM``, see ``measure.py``) is its own.
 
 With ``--engine`` it measures the goals of the reducer engine instead, one JSON line for the
 three sizes of its issue (C=10: 200k samples x 20 epochs, C=100: 50k x 20, C=1000: 20k x 10):
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from measure import peak_rss_mib
 
 
 def write_run(run_dir: Path, samples: int, classes: int, epochs: int, seed: int = 0) -> float:
@@ -138,8 +138,7 @@ def engine_child(run_dir: str, job: str, numpy_only: bool) -> None:
         else:
             dynamics(run_dir, None)
         times.append(time.perf_counter() - started)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": min(times[1:]), "peak_rss_mib": rss / 1024}))
+    print(json.dumps({"seconds": min(times[1:]), "peak_rss_mib": peak_rss_mib()}))
 
 
 def engine_job(run_dir: Path, job: str, numpy_only: bool) -> dict[str, float]:
@@ -223,14 +222,13 @@ def child(run_dir: str, out_dir: str, epochs: str, full: bool, numpy_only: bool)
         out = Path(out_dir) / f"call{call}"
         result = compute(run_dir, out, epochs=epochs, full=full, threads=1)
         times.append(time.perf_counter() - started)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(
         json.dumps(
             {
                 "seconds": times[1],
                 "first_seconds": times[0],
                 "rows": result.num_measurements,
-                "peak_rss_mib": rss / 1024,
+                "peak_rss_mib": peak_rss_mib(),
             }
         )
     )
