@@ -95,8 +95,13 @@ def sort_values(sample_ids: np.ndarray, aum: np.ndarray) -> np.ndarray:
     nan = np.isnan(aum)
     in_order = len(sample_ids) < 2 or bool((sample_ids[1:] > sample_ids[:-1]).all())
     if in_order and not (nan.any() and np.isneginf(aum).any()):
-        # ids already ascending (a replay's universe): one stable sort, NaN after every value
-        return np.argsort(np.where(nan, np.inf, -aum), kind="stable")
+        # ids already ascending (a replay's universe): NaN after every value, ties by position.
+        key = np.where(nan, np.inf, -aum)
+        order = np.argsort(key)  # SIMD quicksort: ~6x a stable sort; the order is unique...
+        ordered = key[order]
+        if not (ordered[1:] == ordered[:-1]).any():
+            return order  # ...when no two keys are equal
+        return np.argsort(key, kind="stable")
     id_rank = np.argsort(np.argsort(sample_ids, kind="stable"), kind="stable")
     key = np.where(nan, 0.0, -aum)
     return np.lexsort((id_rank, key, nan))

@@ -124,7 +124,7 @@ class AUM:
             sums = torch.from_numpy(self.sums)
             sums.index_add_(0, torch.from_numpy(index), torch.from_numpy(margin))
         else:
-            self.sums[index] += margin  # no index repeats: one addition each, exact
+            np.add.at(self.sums, index, margin)  # one addition per sample; ~2x sums[i] += m
 
     def running(self, index: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """The AUM of each row's sample just after the row (the full records' ``aum``)."""
@@ -154,7 +154,7 @@ class Mean:
         value = stats[stat]
         if self.names[0] == "aleatoric":
             value = value * (1.0 - value)
-        self.sums[index] += value
+        np.add.at(self.sums, index, value)
 
     def compute(self, counts: np.ndarray) -> dict[str, np.ndarray]:
         return {self.names[0]: _mean(self.sums, counts)}
@@ -187,12 +187,12 @@ class Confidence:
     def update(self, index: np.ndarray, stats: Stats, counts: np.ndarray | None) -> None:
         assert counts is not None
         p = stats["p_target"]
-        self.sums[index] += p
+        np.add.at(self.sums, index, p)
         mean = self.mean[index]
         delta = p - mean
         mean = mean + delta / counts
         self.mean[index] = mean
-        self.m2[index] += delta * (p - mean)
+        np.add.at(self.m2, index, delta * (p - mean))
 
     def compute(self, counts: np.ndarray) -> dict[str, np.ndarray]:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -216,7 +216,7 @@ class Correctness:
         self.sums = _grown(self.sums, num_samples, 0.0)
 
     def update(self, index: np.ndarray, stats: Stats, counts: np.ndarray | None = None) -> None:
-        self.sums[index] += stats["correct"]
+        np.add.at(self.sums, index, stats["correct"])
 
     def compute(self, counts: np.ndarray) -> dict[str, np.ndarray]:
         return {"correctness": _mean(self.sums, counts)}
@@ -252,7 +252,8 @@ class Forgetting:
             self.nan_rows[index[nan]] += 1
             index, correct = index[~nan], correct[~nan]
         now = correct.astype(np.int8)
-        self.forgotten[index] += (self.last[index] == 1) & (now == 0)
+        forgot = (self.last[index] == 1) & (now == 0)
+        np.add.at(self.forgotten, index, forgot.astype(np.int64))  # same dtype: add.at's fast path
         self.last[index] = now
         self.learned[index[now == 1]] = True
 

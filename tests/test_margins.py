@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aum_replay import kernels
 from aum_replay.margins import margins
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -238,3 +240,37 @@ def test_non_contiguous_logits(with_index: bool) -> None:
     before = base.clone()
     margins(view, targets, with_index=with_index)
     assert torch.equal(base, before)  # not inplace: the caller's tensor is untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_classes", [2, 10, 47, 48, 49, 64, 100, 257])
+def test_numpy_kernels_agree_with_torch_max_at_every_class_count(
+    dtype: torch.dtype, num_classes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay's numpy row maximum changes method with C (columns, argmax); the margins are
+    the reference's whatever C, with NaN, +-inf and ties mixed in."""
+    monkeypatch.setattr(kernels, "USE_LOADED_TORCH", False)
+    gen = torch.Generator().manual_seed(num_classes)
+    logits = torch.randint(-3, 4, (2000, num_classes), generator=gen).to(torch.float64)
+    noise = torch.rand(logits.shape, generator=gen)
+    logits[noise < 0.01] = math.nan
+    logits[(noise >= 0.01) & (noise < 0.03)] = math.inf
+    logits[(noise >= 0.03) & (noise < 0.08)] = -math.inf
+    logits = logits.to(dtype)
+    targets = torch.randint(0, num_classes, (2000,), generator=gen)
+    want = margins(logits, targets).margin.numpy()
+    if dtype == torch.bfloat16:
+        stored, disk = "bfloat16", logits.view(torch.int16).numpy().view(np.uint16)
+    else:
+        stored, disk = str(dtype).removeprefix("torch."), logits.numpy()
+    labels = targets.numpy()
+    got = {
+        "margin_values": kernels.margin_values(disk.copy(), labels, stored),
+        "block_stats": kernels.block_stats(disk.copy(), labels, stored, ["margin"])["margin"],
+        "with index": kernels.block_stats(disk.copy(), labels, stored, ["margin", "other_logit"])[
+            "margin"
+        ],
+    }
+    for name, margin in got.items():
+        assert np.array_equal(np.isnan(margin), np.isnan(want)), name
+        assert np.array_equal(np.nan_to_num(margin), np.nan_to_num(want)), name
