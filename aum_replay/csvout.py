@@ -97,11 +97,18 @@ def sort_values(sample_ids: np.ndarray, aum: np.ndarray) -> np.ndarray:
     if in_order and not (nan.any() and np.isneginf(aum).any()):
         # ids already ascending (a replay's universe): NaN after every value, ties by position.
         key = np.where(nan, np.inf, -aum)
-        order = np.argsort(key)  # SIMD quicksort: ~6x a stable sort; the order is unique...
+        order = np.argsort(key)  # SIMD quicksort: ~6x a stable sort, but ties in any order
         ordered = key[order]
-        if not (ordered[1:] == ordered[:-1]).any():
-            return order  # ...when no two keys are equal
-        return np.argsort(key, kind="stable")
+        same = ordered[1:] == ordered[:-1]
+        if same.any():  # put each run of equal keys back in position (= id) order
+            n = len(order)
+            tied = np.zeros(n, dtype=bool)
+            tied[1:] |= same
+            tied[:-1] |= same
+            at = np.flatnonzero(tied)
+            run = np.cumsum(np.concatenate([[True], ~same]))[at].astype(np.int64)
+            order[at] = np.sort(run * n + order[at]) % n  # runs stay where they are
+        return order
     id_rank = np.argsort(np.argsort(sample_ids, kind="stable"), kind="stable")
     key = np.where(nan, 0.0, -aum)
     return np.lexsort((id_rank, key, nan))
