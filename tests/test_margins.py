@@ -167,19 +167,26 @@ def test_random_logits_match_loop(batch: tuple[torch.Tensor, list[int]]) -> None
     check_against_loop(*batch)
 
 
+def special_block(
+    rows: int, num_classes: int, dtype: torch.dtype, shares: tuple[float, float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small integer logits (ties) with NaN, +inf and -inf mixed in at cumulative ``shares``."""
+    gen = torch.Generator().manual_seed(num_classes)
+    logits = torch.randint(-3, 4, (rows, num_classes), generator=gen).to(torch.float64)
+    noise = torch.rand(logits.shape, generator=gen)
+    nan, inf, neg = shares
+    logits[noise < nan] = math.nan
+    logits[(noise >= nan) & (noise < inf)] = math.inf
+    logits[(noise >= inf) & (noise < neg)] = -math.inf
+    return logits.to(dtype), torch.randint(0, num_classes, (rows,), generator=gen)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("num_classes", [2, 10, 100])
 def test_large_blocks_agree_with_torch_max(dtype: torch.dtype, num_classes: int) -> None:
     # The reference's own operation is masked.max(dim=1); the kernel must give the same indices
     # and values on big blocks too, with NaN, +-inf and ties mixed in.
-    gen = torch.Generator().manual_seed(num_classes)
-    logits = torch.randint(-3, 4, (3000, num_classes), generator=gen).to(torch.float64)
-    noise = torch.rand(logits.shape, generator=gen)
-    logits[noise < 0.02] = math.nan
-    logits[(noise >= 0.02) & (noise < 0.04)] = math.inf
-    logits[(noise >= 0.04) & (noise < 0.1)] = -math.inf
-    logits = logits.to(dtype)
-    targets = torch.randint(0, num_classes, (3000,), generator=gen)
+    logits, targets = special_block(3000, num_classes, dtype, (0.02, 0.04, 0.1))
     masked = logits.scatter(1, targets.view(-1, 1), float("-inf"))
     ref_val, ref_idx = masked.max(dim=1)
     m = margins(logits, targets)
@@ -250,14 +257,7 @@ def test_numpy_kernels_agree_with_torch_max_at_every_class_count(
     """The replay's numpy row maximum changes method with C (columns, argmax); the margins are
     the reference's whatever C, with NaN, +-inf and ties mixed in."""
     monkeypatch.setattr(kernels, "USE_LOADED_TORCH", False)
-    gen = torch.Generator().manual_seed(num_classes)
-    logits = torch.randint(-3, 4, (2000, num_classes), generator=gen).to(torch.float64)
-    noise = torch.rand(logits.shape, generator=gen)
-    logits[noise < 0.01] = math.nan
-    logits[(noise >= 0.01) & (noise < 0.03)] = math.inf
-    logits[(noise >= 0.03) & (noise < 0.08)] = -math.inf
-    logits = logits.to(dtype)
-    targets = torch.randint(0, num_classes, (2000,), generator=gen)
+    logits, targets = special_block(2000, num_classes, dtype, (0.01, 0.03, 0.08))
     want = margins(logits, targets).margin.numpy()
     if dtype == torch.bfloat16:
         stored, disk = "bfloat16", logits.view(torch.int16).numpy().view(np.uint16)
