@@ -183,3 +183,15 @@ def test_cli_errors_without_a_scheduler_or_without_the_extra(
     assert "pip install 'aum-replay[dask]'" in result.stderr
     with pytest.raises(AumReplayError, match="aum-replay\\[dask\\]"), dist.connect("local:1"):
         pass
+
+
+def test_flag_on_the_cluster_writes_the_local_files(client: Any, tmp_path: Path) -> None:
+    from aum_replay import flag
+
+    run = record(tmp_path / "run", ids=list(range(300)))
+    local = flag(run, tmp_path / "local", fraction=0.1)
+    remote = flag(run, tmp_path / "dask", fraction=0.1, client=client)
+    assert remote.num_flagged == local.num_flagged > 0
+    names = tuple(p.name for p in (tmp_path / "local").iterdir() if p.suffix == ".csv")
+    assert names
+    same_files(tmp_path / "local", tmp_path / "dask", names)
