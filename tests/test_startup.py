@@ -13,7 +13,10 @@ import torch
 
 from aum_replay import LogitLogger
 
-HEAVY = ("torch", "matplotlib", "lightning", "pytorch_lightning", "transformers", "dask", "pandas")
+HEAVY = (
+    "torch", "matplotlib", "lightning", "pytorch_lightning", "transformers", "dask",
+    "distributed", "pandas",
+)  # fmt: skip
 
 CHECK = """
 import sys
@@ -43,6 +46,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_import_loads_nothing_heavy() -> None:
     assert run_python("import aum_replay, aum_replay.cli") == "loaded:"
+    # the Dask replay's module imports Dask only when a cluster is asked for
+    assert run_python("import aum_replay.distributed, aum_replay.dynamics") == "loaded:"
 
 
 @pytest.mark.parametrize("command", ["compute", "flag", "info"])
