@@ -146,7 +146,8 @@ def segments(
 
     Feed them to a :class:`~aum_replay.engine.Fold`: it puts them back in measurement order.
     Tasks hold about ``task_bytes`` of logits (default :data:`TASK_BYTES`); at most
-    ``window`` of them (default: two per worker thread, at least 4) are in flight.
+    ``window`` of them (default: two per worker thread, at least 4) are in flight or finished
+    but waiting for an earlier one, so the client holds at most ``window`` segments.
     """
     from aum_replay.replay import _plan
 
@@ -165,17 +166,31 @@ def segments(
             pure=False,
         )  # fmt: skip
 
+    # Task i is submitted only while i < lowest unfinished + window: a straggler holds back new
+    # submissions, so what waits for it on the client (finished, not yet foldable) stays below
+    # ``window`` segments.
     submitted = min(window, len(plan))
-    running = distributed.as_completed([submit(i) for i in range(submitted)])
+    index = {}
+    for i in range(submitted):
+        index[submit(i)] = i
+    running = distributed.as_completed(list(index))
+    finished: set[int] = set()
+    lowest = 0
     try:
         for future in running:
             seg = _result(future)
-            if submitted < len(plan):
-                running.add(submit(submitted))
+            finished.add(index.pop(future))
+            while lowest in finished:
+                finished.discard(lowest)
+                lowest += 1
+            while submitted < len(plan) and submitted < lowest + window:
+                future = submit(submitted)
+                index[future] = submitted
+                running.add(future)
                 submitted += 1
             yield seg
     finally:
-        client.cancel(list(running.futures))
+        client.cancel(list(index))
 
 
 def _result(future: Any) -> Any:
