@@ -73,7 +73,12 @@ def write_run(run_dir: Path) -> None:
     try:
         for rank in range(WORLD):
             with LogitLogger(
-                run_dir, rank=rank, world_size=WORLD, chunk_bytes=1024, metadata=METADATA
+                run_dir,
+                rank=rank,
+                world_size=WORLD,
+                chunk_bytes=1024,
+                metadata=METADATA,
+                format_version=1,  # the v1 writer is kept, so this fixture can be remade as-is
             ) as logger:
                 for epoch, r, logits, targets, ids in make_rows():
                     if r == rank:
