@@ -26,6 +26,7 @@ from aum_replay.outputs import OutputSet, writing
 from aum_replay.reducers import METRICS, DynamicsState
 from aum_replay.replay import _Ledger, _stream, open_checked
 from aum_replay.run import IdIndex, Run, scan_ids
+from aum_replay.summary import with_summaries
 
 __all__ = ["DYNAMICS_NAME", "METRICS", "dynamics"]
 
@@ -105,9 +106,11 @@ def _replay(
     state = DynamicsState(n)
     ledger = _Ledger(n, duplicates, None, clean=scan.appearances is not None)
 
-    def kernel(logits: np.ndarray, targets: np.ndarray, stored: str) -> tuple[np.ndarray, Any]:
+    def on_rows(logits: np.ndarray, targets: np.ndarray, stored: str) -> tuple[np.ndarray, Any]:
         rows = row_signals(logits, targets, stored)
         return rows.margin, rows
+
+    kernel = with_summaries(on_rows, "signals")  # a summary shard's rows give the same fields
 
     ids = IdIndex(universe, run.id_kind)
     for block in _stream(run, ids, kernel, block_bytes, workers):

@@ -527,6 +527,8 @@ class ShardWriter:
             else {LOGITS: (DISK_DTYPES[stored_dtype], (num_classes,)), TARGETS: (_INT64, ())}
         )
         self._sums: dict[str, _GroupSums] = {}
+        self._pending: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+        self._pending_rows = 0
         self._blob_bytes = 0  # v2 string ids: bytes of the blob so far
         self._record: dict[str, Any] = {
             "format": FORMAT_NAME,
@@ -624,8 +626,22 @@ class ShardWriter:
     def append_summary(
         self, summary: dict[str, np.ndarray], targets: np.ndarray, sample_ids: np.ndarray
     ) -> None:
-        """Append ``n`` rows of a summary shard: every :data:`SUMMARY_COLUMNS` array (n,)."""
-        self._append({**summary, TARGETS: targets}, sample_ids)
+        """Append ``n`` rows of a summary shard: every :data:`SUMMARY_COLUMNS` array (n,).
+
+        Rows are held until a whole chunk has come (a summary row is ~100x smaller than the
+        logits buffer it came from), so that chunks, and checksummed groups, are full-sized.
+        """
+        self._pending.append(({**summary, TARGETS: targets}, sample_ids))
+        self._pending_rows += len(sample_ids)
+        if self._pending_rows >= self._layout[1]:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        parts, self._pending, self._pending_rows = self._pending, [], 0
+        columns = {name: np.concatenate([c[name] for c, _ in parts]) for name in parts[0][0]}
+        self._append(columns, np.concatenate([ids for _, ids in parts]))
 
     def _append(self, columns: dict[str, np.ndarray], sample_ids: np.ndarray) -> None:
         if self._file is None:
@@ -667,6 +683,7 @@ class ShardWriter:
         """Finish the file, fsync it and rename it to its final name (replacing an old shard)."""
         if self._file is None or self._io is None:
             raise RecordingError(f"{self.tmp_path}: publish() after the writer was closed")
+        self._flush_pending()
         if not self._datasets:
             self._create(0, 0)
         trailer = b""

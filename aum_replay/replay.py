@@ -41,6 +41,7 @@ from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader
 from aum_replay.kernels import BlockMargins, block_margins, loaded_torch, margin_values
 from aum_replay.outputs import SCRATCH_PREFIX, OutputSet, writing
 from aum_replay.run import IdIndex, Run, check_targets, open_run, scan_ids
+from aum_replay.summary import SummaryBlock, with_summaries
 
 __all__ = [
     "RECORD_DTYPE",
@@ -343,7 +344,7 @@ def _kernel(device: Any, fields: bool) -> Kernel:
             m = block_margins(logits, targets, stored)
             return m.margin, m
 
-        return on_host
+        return with_summaries(on_host, "margins" if fields else "values")
 
     import torch
 
@@ -359,7 +360,7 @@ def _kernel(device: Any, fields: bool) -> Kernel:
         m = margins(block, labels, inplace=True, with_index=fields)
         return m.margin.cpu().numpy(), host_fields(m) if fields else None
 
-    return on_device
+    return with_summaries(on_device, "margins" if fields else "values")
 
 
 @dataclass
@@ -461,7 +462,9 @@ def _stream(
     Reads (``preadv``) and the kernel release the GIL, so the workers run side by side.
     """
     plan = _plan(run, block_bytes)
-    longest = max((stop - start for _, start, stop in plan), default=0)
+    longest = max(
+        (stop - start for shard, start, stop in plan if shard.storage == "logits"), default=0
+    )
     local = threading.local()
     opened: list[ShardReader] = []
     lock = threading.Lock()
@@ -469,10 +472,6 @@ def _stream(
     def work(i: int) -> _Block:
         shard, start, stop = plan[i]
         state = local.__dict__
-        buffer = state.get(shard.stored_dtype)  # one per stored dtype (a run may change it)
-        if buffer is None:
-            disk_dtype = DISK_DTYPES[shard.stored_dtype]
-            buffer = state[shard.stored_dtype] = np.empty((longest, run.num_classes), disk_dtype)
         reader: ShardReader | None = state.get("reader")
         if reader is None or reader.info is not shard:
             with lock:  # the caller closes whatever is left open at the end
@@ -481,7 +480,15 @@ def _stream(
                     opened.remove(reader)
                 reader = state["reader"] = ShardReader(shard.path, info=shard)
                 opened.append(reader)
-        logits, targets = reader.read_arrays(start, stop, out=buffer)
+        if shard.storage == "summary":  # per-row statistics instead of logits
+            columns, targets = reader.read_summary(start, stop)
+            logits: Any = SummaryBlock(columns)
+        else:
+            buffer = state.get(shard.stored_dtype)  # one per stored dtype (a run may change it)
+            if buffer is None:
+                disk = DISK_DTYPES[shard.stored_dtype]
+                buffer = state[shard.stored_dtype] = np.empty((longest, run.num_classes), disk)
+            logits, targets = reader.read_arrays(start, stop, out=buffer)
         check_targets(targets, run.num_classes, f"{shard.path} rows {start}:{stop}")
         index = ids(reader.read_ids(start, stop))
         new_epoch = i > 0 and plan[i - 1][0].epoch != shard.epoch
@@ -529,7 +536,7 @@ def _plan(run: Run, block_bytes: int) -> list[tuple[ShardInfo, int, int]]:
     """
     plan = []
     for shard in run.shards:
-        row_bytes = run.num_classes * DISK_DTYPES[shard.stored_dtype].itemsize
+        row_bytes = shard.row_bytes  # of the logits, or of their summary
         chunk = shard.chunk_rows or max(1, block_bytes // row_bytes)
         if chunk * row_bytes <= block_bytes:  # whole chunks per block
             block_rows = chunk * (block_bytes // (chunk * row_bytes))
