@@ -893,6 +893,21 @@ def read_info(path: Path) -> ShardInfo:
         hook(None)
 
 
+#: The :class:`ShardInfo` fields that v1's attributes and v2's manifest hold under the same key.
+_SCALARS = (
+    "epoch",
+    "rank",
+    "world_size",
+    "num_classes",
+    "num_rows",
+    "logits_dtype",
+    "stored_dtype",
+    "id_kind",
+    "package_version",
+    "created_utc",
+)
+
+
 def _newer(path: Path, version: Any) -> FormatError:
     return FormatError(
         f"{path}: shard format version {version} is newer than this aum-replay "
@@ -1000,16 +1015,7 @@ def _validate_v2(
     main = LOGITS if storage == "logits" else TARGET_VAL
     return ShardInfo(
         path=path,
-        epoch=ints["epoch"],
-        rank=ints["rank"],
-        world_size=ints["world_size"],
-        num_classes=num_classes,
-        num_rows=num_rows,
-        logits_dtype=texts["logits_dtype"],
-        stored_dtype=stored,
-        id_kind=id_kind,
-        package_version=texts["package_version"],
-        created_utc=texts["created_utc"],
+        **{key: {**ints, **texts}[key] for key in _SCALARS},
         metadata=metadata,
         threshold=threshold,
         format_version=version,
@@ -1100,16 +1106,7 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
         raise FormatError(f"{path}: metadata is not valid JSON ({exc})") from None
     return ShardInfo(
         path=path,
-        epoch=values["epoch"],
-        rank=values["rank"],
-        world_size=values["world_size"],
-        num_classes=num_classes,
-        num_rows=num_rows,
-        logits_dtype=values["logits_dtype"],
-        stored_dtype=stored,
-        id_kind=id_kind,
-        package_version=values["package_version"],
-        created_utc=values["created_utc"],
+        **{key: values[key] for key in _SCALARS},
         metadata=metadata,
         threshold=threshold,
         format_version=version,

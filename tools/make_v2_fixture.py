@@ -33,28 +33,9 @@ def v1_tool() -> ModuleType:
 
 
 def write_run(run_dir: Path) -> None:
-    from aum_replay import LogitLogger, format
-
     v1 = v1_tool()
-    real_clock = format.datetime
-    format.datetime = v1._FixedClock  # type: ignore[misc]
-    try:
-        for rank in range(v1.WORLD):
-            with LogitLogger(
-                run_dir,
-                rank=rank,
-                world_size=v1.WORLD,
-                chunk_bytes=1024,
-                metadata={**v1.METADATA, "fixture": "v2"},
-                format_version=2,
-                run_id=RUN_ID,
-            ) as logger:
-                for epoch, r, logits, targets, ids in v1.make_rows():
-                    if r == rank:
-                        logger.log(logits[:6], targets[:6], ids[:6], epoch=epoch)
-                        logger.log(logits[6:], targets[6:], ids[6:], epoch=epoch)
-    finally:
-        format.datetime = real_clock  # type: ignore[misc]
+    metadata = {**v1.METADATA, "fixture": "v2"}
+    v1.write_run(run_dir, metadata=metadata, format_version=2, run_id=RUN_ID)
     (run_dir / ".run_id").unlink(missing_ok=True)  # the shards carry the run id
     for lock in run_dir.glob(".rank_*.lock"):
         lock.unlink()
