@@ -364,14 +364,24 @@ def _epochs_text(epochs: list[int]) -> str:
 
 @app.command()
 @_errors_to_exit
-def info(run_dir: RunDir) -> None:
-    """Describe a run directory: epochs, ranks, rows, ids, duplicates, gaps, bytes.
+def info(
+    run_dir: RunDir,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also read every byte of every shard and check it against its checksum "
+            "(format v2; a v1 shard, which has none, is read through).",
+        ),
+    ] = False,
+) -> None:
+    """Describe a run directory: format, run id, storage, epochs, ranks, rows, ids, bytes.
 
     Every shard is opened and validated; a corrupt or foreign file is an error.
 
-    Example: aum-replay info runs/exp1
+    Example: aum-replay info runs/exp1 --verify
     """
-    from aum_replay.run import describe_run
+    from aum_replay.run import describe_run, verify_run
 
     summary = describe_run(run_dir)
     run = summary.run
@@ -382,6 +392,16 @@ def info(run_dir: RunDir) -> None:
         f"{first.package_version}), {_bytes(summary.nbytes)} on disk",
         markup=False,
     )
+    checks = "checksummed" if first.format_version >= 2 else "no checksums"
+    out.print(
+        f"format    v{first.format_version} ({checks}); run id {first.run_id or '-'}; "
+        f"storage {first.storage}",
+        markup=False,
+    )
+    if verify:
+        checked = verify_run(run)
+        what = "verified against their checksums" if checks == "checksummed" else "read through"
+        out.print(f"verified  {_bytes(checked)} of rows in {len(run.shards)} shards {what}")
     out.print(
         f"classes   {run.num_classes}; logits {first.logits_dtype} stored as "
         f"{first.stored_dtype}; {run.id_kind} sample ids; {summary.num_samples:,} distinct",

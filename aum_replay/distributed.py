@@ -121,9 +121,11 @@ def _task_replay(
     from aum_replay.replay import _kernel, read_segment
 
     kernel = _kernel(None, needs)
-    row_bytes = info.num_classes * DISK_DTYPES[info.stored_dtype].itemsize
-    step = max(1, block_bytes // row_bytes)
-    buffer = np.empty((min(step, stop - start), info.num_classes), DISK_DTYPES[info.stored_dtype])
+    step = max(1, block_bytes // info.row_bytes)  # of the logits, or of their summary
+    buffer = None
+    if info.storage == "logits":
+        disk = DISK_DTYPES[info.stored_dtype]
+        buffer = np.empty((min(step, stop - start), info.num_classes), disk)
     parts = []
     with ShardReader(info.path, info=info) as reader:
         for lo in range(start, stop, step):

@@ -1,26 +1,43 @@
-"""The on-disk contract (format v1): file names, datasets, attributes; the shard writer and reader.
+"""The on-disk contract (formats v1 and v2): file names, datasets, records; writer and reader.
 
 A run directory holds one HDF5 *shard* per (epoch, rank)::
 
     run_dir/epoch_00003.rank_001.h5
 
-Each shard has three datasets of equal length R (rows, in the order they were logged):
+**Format v2** (written by default). Every dataset has R rows (in the order they were logged) or,
+for the string-id blob, the bytes of R ids:
 
-- ``logits``      (R, C), the stored dtype (``float32``, ``float64``, ``float16``; ``bfloat16`` is
-  kept bit-exact as ``uint16`` and tagged by the ``stored_dtype`` attribute)
-- ``targets``     (R,) ``int64``, the assigned label of each row
-- ``sample_ids``  (R,) ``int64``, or variable-length UTF-8 strings
+- storage ``"logits"``: ``logits`` (R, C) in the stored dtype (``float32``, ``float64``,
+  ``float16``; ``bfloat16`` kept bit-exact as ``uint16``) and ``targets`` (R,) ``int64``;
+- storage ``"summary"``: per row what every replayed signal needs instead of the C logits
+  (:mod:`aum_replay.summary`): ``target_val``, ``other_val`` (stored dtype), ``other_logit``,
+  ``argmax`` and ``targets`` (the smallest signed int that holds C), ``lse`` and ``el2n``
+  (``float64``);
+- ids: ``sample_ids`` (R,) ``int64``, or ``sample_id_ends`` (R,) ``int64`` (where each row's
+  UTF-8 bytes end) and ``sample_id_bytes`` (the ids' UTF-8 bytes, one blob).
 
-and the attributes listed in :data:`REQUIRED_ATTRS`. A shard is written under a temporary name
-(``<final name>.<pid>.tmp``) and renamed once complete, so a file under its final name is always
-whole. Both the writer (:mod:`aum_replay.logger`) and every reader import this module; nothing else
-knows dataset names or attribute keys.
+The HDF5 attributes are only ``format`` and ``format_version`` (fixed-size: no variable-length
+string anywhere). Everything else - epoch, rank, run id, classes, dtypes, metadata, threshold
+samples, chunk offsets, and a CRC32C of each group of ``group_rows`` rows of every dataset - is
+one checksummed manifest appended after the HDF5 file (:mod:`aum_replay.manifest`). The reader
+validates a shard from that record alone and reads rows with ``preadv`` at the offsets it gives,
+verifying every group it returns; HDF5 reads only compressed datasets.
+
+**Format v1** (read forever, written with ``format_version=1``): ``logits``, ``targets`` and
+``sample_ids`` (``int64`` or variable-length UTF-8 strings), described by the HDF5 attributes
+listed in :data:`REQUIRED_ATTRS`, without checksums.
+
+A shard is written under a temporary name (``<final name>.<pid>.tmp``) and renamed once
+complete, so a file under its final name is always whole. Both the writer
+(:mod:`aum_replay.logger`) and every reader import this module; nothing else knows dataset
+names, attribute keys or the manifest's fields.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import math
 import os
@@ -35,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from aum_replay import manifest
 from aum_replay._version import __version__
 from aum_replay.errors import FormatError, InputError, RecordingError
 
@@ -47,19 +65,37 @@ __all__ = [
     "ShardInfo",
     "ShardReader",
     "ShardWriter",
+    "describe_threshold",
     "list_lookalikes",
     "list_shards",
     "list_temporaries",
     "read_all_ids",
     "shard_name",
+    "utf8_keys",
 ]
 
 FORMAT_NAME = "aum-replay-shard"
-FORMAT_VERSION = 1
+#: The newest version this package reads and writes; :data:`FORMAT_VERSIONS` are all it reads.
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
 
 LOGITS = "logits"
 TARGETS = "targets"
 SAMPLE_IDS = "sample_ids"
+ID_ENDS = "sample_id_ends"
+ID_BYTES = "sample_id_bytes"
+
+#: What a v2 shard stores per row: the logits, or their summary (:mod:`aum_replay.summary`).
+STORAGE_KINDS = ("logits", "summary")
+TARGET_VAL, OTHER_VAL, OTHER_LOGIT, ARGMAX, LSE, EL2N = (
+    "target_val",
+    "other_val",
+    "other_logit",
+    "argmax",
+    "lse",
+    "el2n",
+)
+SUMMARY_COLUMNS = (TARGET_VAL, OTHER_VAL, OTHER_LOGIT, ARGMAX, LSE, EL2N)
 
 SHARD_RE = re.compile(r"^epoch_(\d{5,})\.rank_(\d{3,})\.h5$")
 TMP_SUFFIX = ".tmp"
@@ -93,8 +129,47 @@ ID_KINDS = ("int", "str")
 STR_DTYPE = h5py.string_dtype("utf-8")
 
 
+def index_dtype(num_classes: int) -> np.dtype[Any]:
+    """The smallest signed integer dtype that holds class indices ``-1 .. num_classes - 1``
+    (a summary shard's ``targets``, ``other_logit`` and ``argmax``)."""
+    for dtype in (np.int16, np.int32):
+        if num_classes <= np.iinfo(dtype).max:
+            return np.dtype(dtype).newbyteorder("<")
+    return np.dtype("<i8")
+
+
+Columns = dict[str, tuple[np.dtype[Any], tuple[int, ...]]]
+
+
+def row_columns(storage: str, stored_dtype: str, num_classes: int) -> Columns:
+    """``name -> (disk dtype, row shape)`` of the per-row datasets of a v2 shard, ids aside."""
+    if storage == "logits":
+        return {LOGITS: (DISK_DTYPES[stored_dtype], (num_classes,)), TARGETS: (_INT64, ())}
+    value, index, f64 = DISK_DTYPES[stored_dtype], index_dtype(num_classes), np.dtype("<f8")
+    return {
+        TARGET_VAL: (value, ()),
+        OTHER_VAL: (value, ()),
+        OTHER_LOGIT: (index, ()),
+        ARGMAX: (index, ()),
+        LSE: (f64, ()),
+        EL2N: (f64, ()),
+        TARGETS: (index, ()),
+    }
+
+
 #: Epochs a shard can be written for: ``0 <= epoch < EPOCH_LIMIT`` (the logger refuses others).
 EPOCH_LIMIT = 2**31
+
+
+def describe_threshold(threshold: dict[str, Any] | None) -> str:
+    """A threshold-sample description in a few words, for messages."""
+    if not threshold:
+        return "none"
+    ids = threshold.get("sample_ids") or []
+    return (
+        f"set {threshold.get('set_index')} (seed {threshold.get('seed')}, {len(ids)} ids, "
+        f"extra class {threshold.get('extra_class')})"
+    )
 
 
 def shard_name(epoch: int, rank: int) -> str:
@@ -186,11 +261,32 @@ class ShardInfo:
     identity: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
     """Device, inode, size and mtime of the file that was validated: a reader refuses a file
     replaced since (a resumed run republishes shards), whose chunks may lie elsewhere."""
+    run_id: str | None = None
+    """The run this shard belongs to (v2; ``None`` for v1, which has no run id)."""
+    storage: str = "logits"
+    """``"logits"``, or ``"summary"``: per-row statistics instead of the logits (v2)."""
+    group_rows: int = 0
+    """Rows per checksummed group (v2); 0 for v1, which has no checksums."""
+    checksums: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    """CRC32C of each group of ``group_rows`` rows of each dataset (v2; for the id blob, of the
+    bytes of that group's ids)."""
+    dtypes: dict[str, np.dtype[Any]] = field(default_factory=dict, repr=False, compare=False)
+    """Disk dtype of each dataset of a v2 shard."""
+    sizes: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    """Length (first axis) of each dataset of a v2 shard."""
 
     @property
     def nbytes(self) -> int:
         """Size of the file on disk."""
         return self.path.stat().st_size
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row's values on disk (the logits, or their summary), ids and targets
+        aside: what the replay sizes its blocks by."""
+        if self.storage == "summary":
+            return sum(self.dtypes[name].itemsize for name in SUMMARY_COLUMNS)
+        return self.num_classes * DISK_DTYPES[self.stored_dtype].itemsize
 
 
 class _ShardFile:
@@ -320,6 +416,40 @@ def _size(n: float) -> str:
     raise AssertionError  # pragma: no cover
 
 
+class _GroupSums:
+    """Running CRC32C of each group of ``group_rows`` rows of one dataset, fed as rows arrive."""
+
+    def __init__(self, group_rows: int) -> None:
+        self.group_rows = group_rows
+        self.sums: list[int] = []
+        self._value = 0
+        self._rows = 0  # rows in the open group
+
+    def feed(self, data: Any, bounds: np.ndarray | None, rows: int, row_bytes: int = 0) -> None:
+        """Add ``rows`` rows whose bytes are ``data``: row k spans ``[k, k + 1) * row_bytes``,
+        or ``[bounds[k], bounds[k + 1])`` when ``bounds`` (``rows + 1`` offsets) is given."""
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < rows:
+            take = min(rows - done, self.group_rows - self._rows)
+            if bounds is None:
+                lo, hi = done * row_bytes, (done + take) * row_bytes
+            else:
+                lo, hi = int(bounds[done]), int(bounds[done + take])
+            self._value = manifest.checksum(view[lo:hi], self._value)
+            self._rows += take
+            done += take
+            if self._rows == self.group_rows:
+                self.sums.append(self._value)
+                self._value = self._rows = 0
+
+    def finish(self) -> list[int]:
+        if self._rows:
+            self.sums.append(self._value)
+            self._value = self._rows = 0
+        return self.sums
+
+
 class ShardWriter:
     """Appends rows to one shard under a temporary name; :meth:`publish` makes it final.
 
@@ -333,7 +463,7 @@ class ShardWriter:
     final_path
         Where the finished shard goes.
     epoch, rank, world_size
-        Written into the attributes.
+        Written into the shard's description.
     num_classes
         C, the width of the logits.
     logits_dtype
@@ -343,13 +473,20 @@ class ShardWriter:
     id_kind
         ``"int"`` or ``"str"``.
     chunk_rows
-        Rows per HDF5 chunk (computed by the caller from a byte budget).
+        Rows per HDF5 chunk (computed by the caller from a byte budget); in v2 also the rows
+        of each checksummed group.
     compression
         ``None`` (default, fastest replay), ``"lzf"`` or ``"gzip"``.
     metadata
-        JSON-able dict stored as the ``metadata`` attribute.
+        JSON-able dict stored with the shard.
     threshold
         Threshold-sample description (see :mod:`aum_replay.threshold`), or ``None``.
+    format_version
+        2 (default) or 1 (the old format, for readers older than v2).
+    run_id
+        The run's id (v2; required there).
+    storage
+        ``"logits"`` or ``"summary"`` (v2 only; rows come through :meth:`append_summary`).
     """
 
     def __init__(
@@ -367,89 +504,178 @@ class ShardWriter:
         compression: str | None = None,
         metadata: dict[str, Any] | None = None,
         threshold: dict[str, Any] | None = None,
+        format_version: int = FORMAT_VERSION,
+        run_id: str | None = None,
+        storage: str = "logits",
     ) -> None:
+        if format_version not in FORMAT_VERSIONS:
+            raise InputError(f"format_version must be one of {FORMAT_VERSIONS}")
+        if format_version == 1 and storage != "logits":
+            raise InputError("format v1 stores logits only; summary storage needs format v2")
+        if format_version >= 2 and not run_id:
+            raise InputError("a format v2 shard needs a run id")
         self.final_path = final_path
         self.tmp_path = final_path.with_name(f"{final_path.name}.{os.getpid()}{TMP_SUFFIX}")
         self.epoch, self.rank = epoch, rank
+        self.version = format_version
         self.rows = 0
         self._file: h5py.File | None = None
-        self._datasets: tuple[h5py.Dataset, ...] = ()
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._columns = (
+            row_columns(storage, stored_dtype, num_classes)
+            if format_version >= 2
+            else {LOGITS: (DISK_DTYPES[stored_dtype], (num_classes,)), TARGETS: (_INT64, ())}
+        )
+        self._sums: dict[str, _GroupSums] = {}
+        self._pending: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+        self._pending_rows = 0
+        self._blob_bytes = 0  # v2 string ids: bytes of the blob so far
+        self._record: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": format_version,
+            "run_id": run_id,
+            "storage": storage,
+            "epoch": epoch,
+            "rank": rank,
+            "world_size": world_size,
+            "num_classes": num_classes,
+            "logits_dtype": logits_dtype,
+            "stored_dtype": stored_dtype,
+            "id_kind": id_kind,
+            "package_version": __version__,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "metadata": metadata or {},
+            "threshold": threshold,
+            "group_rows": chunk_rows,
+        }
         try:
             self._io: _ShardFile | None = _ShardFile(self.tmp_path)
         except OSError as exc:
             self._io = None
             raise self._error(exc, "creating") from None
-        disk_dtype = DISK_DTYPES[stored_dtype]
-        chunk_bytes = chunk_rows * num_classes * disk_dtype.itemsize
-        self._layout = (num_classes, disk_dtype, id_kind, chunk_rows, compression)
+        row_bytes = sum(dt.itemsize * math.prod(shape) for dt, shape in self._columns.values())
+        self._layout = (id_kind, chunk_rows, compression)
         try:
-            self._file = h5py.File(self._io, "w", rdcc_nbytes=max(4 * chunk_bytes, 1 << 20))
+            self._file = h5py.File(
+                self._io, "w", rdcc_nbytes=max(4 * chunk_rows * row_bytes, 1 << 20)
+            )
             attrs = self._file.attrs
-            attrs["format"] = FORMAT_NAME
-            attrs["format_version"] = FORMAT_VERSION
-            attrs["epoch"] = epoch
-            attrs["rank"] = rank
-            attrs["world_size"] = world_size
-            attrs["num_classes"] = num_classes
-            attrs["logits_dtype"] = logits_dtype
-            attrs["stored_dtype"] = stored_dtype
-            attrs["id_kind"] = id_kind
-            attrs["num_rows"] = -1  # set by publish(): -1 marks an unfinished file
-            attrs["package_version"] = __version__
-            attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            attrs["metadata"] = json.dumps(metadata or {}, sort_keys=True)
-            if threshold is not None:
-                attrs["threshold"] = json.dumps(threshold, sort_keys=True)
+            if format_version >= 2:  # fixed-size values only; the rest is in the manifest
+                attrs["format"] = np.bytes_(FORMAT_NAME)
+                attrs["format_version"] = np.int64(format_version)
+            else:
+                self._write_v1_attrs(attrs)
         except BaseException:
             self.abort()
             raise
         self._check("creating")
 
-    def _create(self, first_rows: int) -> None:
+    def _write_v1_attrs(self, attrs: h5py.AttributeManager) -> None:
+        record = self._record
+        for key in REQUIRED_ATTRS:  # in this order, as v1 always wrote them
+            if key == "num_rows":
+                attrs[key] = -1  # set by publish(): -1 marks an unfinished file
+            elif key == "metadata":
+                attrs[key] = json.dumps(record[key], sort_keys=True)
+            else:
+                attrs[key] = record[key]
+        if record["threshold"] is not None:
+            attrs["threshold"] = json.dumps(record["threshold"], sort_keys=True)
+
+    def _create(self, first_rows: int, first_blob: int) -> None:
         """Create the datasets, sized by the first rows appended.
 
         HDF5 allocates whole chunks, so a shard shorter than one chunk would still take a full
         chunk (~2 MiB) on disk. The logger hands rows over a full buffer at a time, or the whole
         epoch at once when it is shorter than a buffer: then the chunk is made just that long.
         """
-        num_classes, disk_dtype, id_kind, chunk_rows, compression = self._layout
+        id_kind, chunk_rows, compression = self._layout
         rows = max(1, min(chunk_rows, first_rows))
         opts: dict[str, Any] = {"compression": compression} if compression else {}
         f = self._file
         assert f is not None
-        logits = f.create_dataset(
-            LOGITS,
-            shape=(0, num_classes),
-            maxshape=(None, num_classes),
-            dtype=disk_dtype,
-            chunks=(rows, num_classes),
-            **opts,
-        )
-        targets = f.create_dataset(
-            TARGETS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(rows,)
-        )
-        ids = f.create_dataset(
-            SAMPLE_IDS,
-            shape=(0,),
-            maxshape=(None,),
-            dtype=np.int64 if id_kind == "int" else STR_DTYPE,
-            chunks=(rows,),
-        )
+
+        def make(name: str, dtype: Any, shape: tuple[int, ...], chunk: int, **extra: Any) -> None:
+            self._datasets[name] = f.create_dataset(
+                name,
+                shape=(0, *shape),
+                maxshape=(None, *shape),
+                dtype=dtype,
+                chunks=(chunk, *shape),
+                **extra,
+            )
+
+        for name, (dtype, shape) in self._columns.items():
+            make(name, dtype, shape, rows, **(opts if name != TARGETS else {}))
+        if self.version < 2:
+            make(SAMPLE_IDS, np.int64 if id_kind == "int" else STR_DTYPE, (), rows)
+        elif id_kind == "int":
+            make(SAMPLE_IDS, _INT64, (), rows)
+        else:  # no variable-length strings: one UTF-8 blob and where each id ends
+            make(ID_ENDS, _INT64, (), rows)
+            make(ID_BYTES, np.uint8, (), max(1, min(chunk_rows * 16, first_blob)), **opts)
+        if self.version >= 2:
+            self._sums = {name: _GroupSums(chunk_rows) for name in self._datasets}
         # Kept open: a dataset closed (and its chunk cache written) at every append cost a
         # lookup by name, and a close is where HDF5 met write errors it could not survive.
-        self._datasets = (logits, targets, ids)
 
     def append(self, logits: np.ndarray, targets: np.ndarray, sample_ids: np.ndarray) -> None:
         """Append ``n`` rows: logits (n, C) in the disk dtype, targets (n,), ids (n,)."""
+        self._append({LOGITS: logits, TARGETS: targets}, sample_ids)
+
+    def append_summary(
+        self, summary: dict[str, np.ndarray], targets: np.ndarray, sample_ids: np.ndarray
+    ) -> None:
+        """Append ``n`` rows of a summary shard: every :data:`SUMMARY_COLUMNS` array (n,).
+
+        Rows are held until a whole chunk has come (a summary row is ~100x smaller than the
+        logits buffer it came from), so that chunks, and checksummed groups, are full-sized.
+        """
+        self._pending.append(({**summary, TARGETS: targets}, sample_ids))
+        self._pending_rows += len(sample_ids)
+        if self._pending_rows >= self._layout[1]:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        parts, self._pending, self._pending_rows = self._pending, [], 0
+        columns = {name: np.concatenate([c[name] for c, _ in parts]) for name in parts[0][0]}
+        self._append(columns, np.concatenate([ids for _, ids in parts]))
+
+    def _append(self, columns: dict[str, np.ndarray], sample_ids: np.ndarray) -> None:
         if self._file is None:
             raise RecordingError(f"{self.tmp_path}: append() after the writer was closed")
-        n = len(targets)
+        n = len(sample_ids)
+        data: dict[str, np.ndarray] = {}
+        for name, (dtype, _) in self._columns.items():
+            data[name] = np.ascontiguousarray(columns[name], dtype=dtype)
+        bounds = None
+        if self.version >= 2 and self._layout[0] == "str":
+            encoded = [value.encode("utf-8") for value in sample_ids]
+            blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+            bounds = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(lengths, out=bounds[1:])
+            data[ID_ENDS] = bounds[1:] + self._blob_bytes
+        else:
+            data[SAMPLE_IDS] = sample_ids if self.version < 2 else sample_ids.astype(_INT64)
+            blob = None
         if not self._datasets:
-            self._create(n)
+            self._create(n, len(blob) if blob is not None else 0)
         start, stop = self.rows, self.rows + n
-        for ds, data in zip(self._datasets, (logits, targets, sample_ids), strict=True):
+        for name, values in data.items():
+            ds = self._datasets[name]
             ds.resize(stop, axis=0)
-            ds[start:stop] = data
+            ds[start:stop] = values
+            if self._sums:
+                self._sums[name].feed(values, None, n, values[:1].nbytes)
+        if blob is not None:
+            ds = self._datasets[ID_BYTES]
+            ds.resize(self._blob_bytes + len(blob), axis=0)
+            ds[self._blob_bytes :] = blob
+            self._blob_bytes += len(blob)
+            self._sums[ID_BYTES].feed(blob, bounds, n)
         self.rows = stop
         self._check("writing")
 
@@ -457,13 +683,24 @@ class ShardWriter:
         """Finish the file, fsync it and rename it to its final name (replacing an old shard)."""
         if self._file is None or self._io is None:
             raise RecordingError(f"{self.tmp_path}: publish() after the writer was closed")
+        self._flush_pending()
         if not self._datasets:
-            self._create(0)
-        self._file.attrs["num_rows"] = self.rows
-        self._datasets = ()
+            self._create(0, 0)
+        trailer = b""
+        if self.version >= 2:
+            self._file.flush()
+            self._check("writing")
+            trailer = self._manifest()
+        else:
+            self._file.attrs["num_rows"] = self.rows
+        self._datasets = {}
         self._file.close()  # flushes every cache through _ShardFile
         self._file = None
         self._check("writing")
+        if trailer:  # after HDF5's own end of file, which HDF5 ignores
+            self._io.seek(0, os.SEEK_END)
+            self._io.write(trailer)
+            self._check("writing")
         self._io.sync()
         self._check("syncing")
         self._io.close()
@@ -475,9 +712,34 @@ class ShardWriter:
         _fsync_dir(self.final_path.parent)
         return self.final_path
 
+    def _manifest(self) -> bytes:
+        """The v2 manifest: the record, and per dataset its chunk offsets and group checksums."""
+        table: list[int] = []
+        datasets = {}
+        for name, ds in self._datasets.items():
+            dsid = ds.id
+            plist = dsid.get_create_plist()
+            chunk = tuple(int(c) for c in plist.get_chunk())
+            chunks = _chunk_map(dsid, plist, ds.shape, chunk, ds.dtype)
+            entry: dict[str, Any] = {
+                "dtype": ds.dtype.str,
+                "shape": list(ds.shape),
+                "chunk_rows": chunk[0],
+                "offsets": None,
+            }
+            if chunks is not None:  # uncompressed: the reader needs no HDF5
+                entry["offsets"] = [len(table), len(chunks.offsets)]
+                table += chunks.offsets
+            sums = self._sums[name].finish()
+            entry["checksums"] = [len(table), len(sums)]
+            table += sums
+            datasets[name] = entry
+        record = {**self._record, "num_rows": self.rows, "datasets": datasets}
+        return manifest.pack(record, np.array(table, dtype=np.int64))
+
     def abort(self) -> None:
         """Close and delete the temporary file (best effort); safe after any error."""
-        self._datasets = ()
+        self._datasets = {}
         try:
             if self._file is not None:
                 file, self._file = self._file, None
@@ -595,7 +857,32 @@ validation_hook: Callable[[Path | None], None] | None = None
 
 
 def read_info(path: Path) -> ShardInfo:
-    """Open ``path`` and validate its attributes and datasets; raise :class:`FormatError` if bad."""
+    """Open ``path`` and validate its description and datasets; raise :class:`FormatError` if bad.
+
+    A v2 shard is validated from its checksummed manifest alone (one ``pread``, no HDF5); a v1
+    shard through HDF5's attributes, under :data:`validation_hook`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be opened ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        found = manifest.read(fd, st.st_size)
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if isinstance(found, str):
+        raise FormatError(f"{path}: corrupt v2 shard: {found}")
+    if found is not None:
+        record, table, end = found
+        try:
+            return _validate_v2(path, record, table, end, st)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise FormatError(
+                f"{path}: corrupt v2 manifest ({type(exc).__name__}: {exc})"
+            ) from None
     hook = validation_hook
     if hook is None:
         return _read_info(path)
@@ -604,6 +891,144 @@ def read_info(path: Path) -> ShardInfo:
         return _read_info(path)
     finally:
         hook(None)
+
+
+#: The :class:`ShardInfo` fields that v1's attributes and v2's manifest hold under the same key.
+_SCALARS = (
+    "epoch",
+    "rank",
+    "world_size",
+    "num_classes",
+    "num_rows",
+    "logits_dtype",
+    "stored_dtype",
+    "id_kind",
+    "package_version",
+    "created_utc",
+)
+
+
+def _newer(path: Path, version: Any) -> FormatError:
+    return FormatError(
+        f"{path}: shard format version {version} is newer than this aum-replay "
+        f"({__version__}) reads (versions {', '.join(map(str, FORMAT_VERSIONS))}); "
+        "upgrade aum-replay"
+    )
+
+
+def _check_type(path: Path, record: dict[str, Any], key: str, kind: type) -> Any:
+    value = record.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FormatError(f"{path}: manifest field {key!r} is missing or not {kind.__name__}")
+    return value
+
+
+def _validate_v2(
+    path: Path, record: dict[str, Any], table: np.ndarray, end: int, st: os.stat_result
+) -> ShardInfo:
+    """The :class:`ShardInfo` of a v2 manifest, after checking that it describes a whole shard.
+
+    The manifest passed its checksum, so this guards against a writer's bug, not against
+    flipped bytes: every dataset's rows, chunks and checksums must add up.
+    """
+    if record.get("format") != FORMAT_NAME:
+        raise FormatError(f"{path}: not an aum-replay shard (format {record.get('format')!r})")
+    version = _check_type(path, record, "format_version", int)
+    if version > FORMAT_VERSION:
+        raise _newer(path, version)
+    if version != 2:
+        raise FormatError(f"{path}: a v2 manifest says format version {version}")
+    ints = {
+        k: _check_type(path, record, k, int)
+        for k in ("epoch", "rank", "world_size", "num_classes", "num_rows", "group_rows")
+    }
+    texts = {
+        k: _check_type(path, record, k, str)
+        for k in (
+            "run_id",
+            "storage",
+            "logits_dtype",
+            "stored_dtype",
+            "id_kind",
+            "package_version",
+            "created_utc",
+        )
+    }
+    stored, id_kind, storage = texts["stored_dtype"], texts["id_kind"], texts["storage"]
+    if stored not in DISK_DTYPES:
+        raise FormatError(f"{path}: unknown stored dtype {stored!r}")
+    if id_kind not in ID_KINDS:
+        raise FormatError(f"{path}: unknown id kind {id_kind!r}")
+    if storage not in STORAGE_KINDS:
+        raise FormatError(f"{path}: unknown storage {storage!r}; upgrade aum-replay?")
+    num_rows, num_classes, group = ints["num_rows"], ints["num_classes"], ints["group_rows"]
+    if num_rows < 0 or num_classes < 2 or group < 1:
+        raise FormatError(f"{path}: impossible rows, classes or group size in the manifest")
+    expected: dict[str, tuple[np.dtype[Any], tuple[int, ...] | None]] = dict(
+        row_columns(storage, stored, num_classes)
+    )
+    if id_kind == "int":
+        expected[SAMPLE_IDS] = (_INT64, ())
+    else:
+        expected[ID_ENDS] = (_INT64, ())
+        expected[ID_BYTES] = (np.dtype(np.uint8), None)  # a blob: any length
+    datasets = record.get("datasets")
+    if not isinstance(datasets, dict) or set(datasets) != set(expected):
+        raise FormatError(f"{path}: the manifest does not list the datasets of a {storage} shard")
+    groups = -(-num_rows // group)
+    raw: dict[str, ChunkMap] = {}
+    checksums: dict[str, np.ndarray] = {}
+    dtypes: dict[str, np.dtype[Any]] = {}
+    sizes: dict[str, int] = {}
+    for name, (dtype, row_shape) in expected.items():
+        entry = datasets[name]
+        shape = tuple(entry["shape"])
+        if np.dtype(entry["dtype"]) != dtype or not shape:
+            raise FormatError(
+                f"{path}: dataset {name!r} has dtype {entry['dtype']}, expected {dtype}"
+            )
+        if row_shape is not None and shape != (num_rows, *row_shape):
+            raise FormatError(
+                f"{path}: dataset {name!r} has shape {shape}, expected {(num_rows, *row_shape)}"
+            )
+        at, count = entry["checksums"]
+        if count != groups or not 0 <= at <= at + count <= len(table):
+            raise FormatError(f"{path}: dataset {name!r} has {count} checksums for {groups} groups")
+        checksums[name] = table[at : at + count]
+        dtypes[name] = dtype
+        sizes[name] = shape[0]
+        if entry["offsets"] is not None:
+            chunk_rows = int(entry["chunk_rows"])
+            row_bytes = dtype.itemsize * math.prod(shape[1:])
+            at, count = entry["offsets"]
+            if chunk_rows < 1 or count != -(-shape[0] // chunk_rows) or at + count > len(table):
+                raise FormatError(f"{path}: dataset {name!r} has a damaged chunk table")
+            offsets = table[at : at + count]
+            if count and (offsets.min() < 0 or offsets.max() + chunk_rows * row_bytes > end):
+                raise FormatError(
+                    f"{path}: truncated or corrupt: a chunk of {name!r} lies past its data"
+                )
+            raw[name] = ChunkMap(chunk_rows, row_bytes, tuple(offsets.tolist()))
+    metadata, threshold = record.get("metadata"), record.get("threshold")
+    if not isinstance(metadata, dict) or not isinstance(threshold, (dict, type(None))):
+        raise FormatError(f"{path}: metadata or threshold in the manifest is not an object")
+    main = LOGITS if storage == "logits" else TARGET_VAL
+    return ShardInfo(
+        path=path,
+        **{key: {**ints, **texts}[key] for key in _SCALARS},
+        metadata=metadata,
+        threshold=threshold,
+        format_version=version,
+        chunk_rows=int(datasets[main]["chunk_rows"]),
+        raw=raw,
+        identity=_identity(st),
+        run_id=texts["run_id"],
+        storage=storage,
+        group_rows=group,
+        checksums=checksums,
+        dtypes=dtypes,
+        sizes=sizes,
+    )
 
 
 def _read_info(path: Path) -> ShardInfo:
@@ -631,9 +1056,11 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
         raise FormatError(f"{path}: not an aum-replay shard (format {name!r})")
     version = _attr(fid, "format_version", path)
     if version > FORMAT_VERSION:
+        raise _newer(path, version)
+    if version == 2:  # v2 is described by its manifest, which is not there
         raise FormatError(
-            f"{path}: shard format version {version} is newer than this aum-replay "
-            f"({__version__}) reads (version {FORMAT_VERSION}); upgrade aum-replay"
+            f"{path}: corrupt or truncated v2 shard (its manifest at the end of the file is "
+            "missing)"
         )
     if version < 1:
         raise FormatError(f"{path}: unknown shard format version {version}")
@@ -679,16 +1106,7 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
         raise FormatError(f"{path}: metadata is not valid JSON ({exc})") from None
     return ShardInfo(
         path=path,
-        epoch=values["epoch"],
-        rank=values["rank"],
-        world_size=values["world_size"],
-        num_classes=num_classes,
-        num_rows=num_rows,
-        logits_dtype=values["logits_dtype"],
-        stored_dtype=stored,
-        id_kind=id_kind,
-        package_version=values["package_version"],
-        created_utc=values["created_utc"],
+        **{key: values[key] for key in _SCALARS},
         metadata=metadata,
         threshold=threshold,
         format_version=version,
@@ -766,6 +1184,24 @@ def _chunk_map(
     return ChunkMap(chunk_rows, row_bytes, tuple(offsets))
 
 
+#: Whether readers check every row they return against its checksum (v2). It costs a few percent
+#: of a replay (see the README's benchmarks); a benchmark turns it off to measure that share.
+VERIFY = True
+
+
+def utf8_keys(blob: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Fixed-width ``S`` keys (n,) of n UTF-8 strings held in ``blob`` at ``bounds`` (n + 1)."""
+    lengths = np.diff(bounds)
+    n = len(lengths)
+    width = max(1, int(lengths.max(initial=0)))
+    keys = np.zeros((n, width), dtype=np.uint8)
+    if len(blob):
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.arange(len(blob)) - np.repeat(bounds[:-1] - bounds[0], lengths)
+        keys[rows, cols] = blob
+    return keys.view(f"S{width}").reshape(n)
+
+
 def read_all_ids(info: ShardInfo) -> np.ndarray:
     """Every sample id of a validated shard: ``int64``, or an object array of ``str``."""
     with ShardReader(info.path, info=info) as reader:
@@ -777,17 +1213,26 @@ class ShardReader:
 
     ``info``, the :class:`ShardInfo` that :func:`read_info` returned for this file, skips the
     validation. Datasets with a :class:`ChunkMap` are read with ``os.preadv`` alone; HDF5 opens
-    the file only for the others (compressed chunks, string ids).
+    the file only for the others (compressed chunks, v1 string ids).
+
+    Every row a v2 reader returns has been checked against its group's CRC32C (``verify``,
+    default :data:`VERIFY`): a read that touches part of a group reads the rest of it too.
 
     Use as a context manager. Every failure is re-raised as :class:`FormatError` naming the file,
     so a corrupt or truncated shard never surfaces as a bare ``OSError``.
     """
 
     def __init__(
-        self, path: Path, *, info: ShardInfo | None = None, cache_bytes: int = 16 << 20
+        self,
+        path: Path,
+        *,
+        info: ShardInfo | None = None,
+        cache_bytes: int = 16 << 20,
+        verify: bool | None = None,
     ) -> None:
         self.path = path
         self.info = read_info(path) if info is None else info
+        self.verify = (VERIFY if verify is None else verify) and bool(self.info.checksums)
         self._cache_bytes = cache_bytes
         self._fd: int | None = None
         self._file: h5py.File | None = None
@@ -841,13 +1286,66 @@ class ShardReader:
         stop = self.info.num_rows if stop is None else stop
         self._check_rows(start, stop)
         try:
-            if self.info.id_kind == "str":
+            if self.info.id_kind == "int":
+                return self._ints(start, stop)
+            if self.info.format_version < 2:
                 return np.asarray(self._dataset(SAMPLE_IDS).asstr()[start:stop], dtype=object)
-            return self._read(SAMPLE_IDS, start, stop, np.empty(stop - start, dtype=np.int64))
+            blob, bounds = self._id_bytes(start, stop)
+            data = blob.tobytes()
+            cuts = bounds.tolist()
+            values = [data[a:b].decode("utf-8") for a, b in itertools.pairwise(cuts)]
+            out = np.empty(len(values), dtype=object)
+            out[:] = values
+            return out
         except FormatError:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
             raise FormatError(f"{self.path}: cannot read sample ids ({exc})") from None
+
+    def read_id_keys(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Sample ids of rows ``[start, stop)`` as sort keys: ``int64``, or for string ids their
+        UTF-8 bytes as a fixed-width ``S`` array (no Python object per row).
+
+        UTF-8 bytes sort as the code points do, and ids hold no NUL (the logger refuses it), so
+        comparing these keys orders and matches ids exactly as comparing the strings would.
+        """
+        stop = self.info.num_rows if stop is None else stop
+        if self.info.id_kind == "int":
+            return self.read_ids(start, stop)
+        self._check_rows(start, stop)
+        try:
+            if self.info.format_version < 2:
+                values = self._dataset(SAMPLE_IDS)[start:stop]  # bytes objects, no decoding
+                return np.asarray(values.tolist() if len(values) else [], dtype=np.bytes_)
+            blob, bounds = self._id_bytes(start, stop)
+        except FormatError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
+            raise FormatError(f"{self.path}: cannot read sample ids ({exc})") from None
+        return utf8_keys(blob, bounds)
+
+    def _ints(self, start: int, stop: int) -> np.ndarray:
+        return self._rows(SAMPLE_IDS, start, stop, np.empty(stop - start, dtype=np.int64))
+
+    def _id_bytes(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The UTF-8 bytes of the ids of rows ``[start, stop)`` of a v2 shard, and ``stop -
+        start + 1`` offsets into them: row ``start + k`` is ``blob[bounds[k]:bounds[k + 1]]``."""
+        first = max(start - 1, 0)
+        ends = self._rows(ID_ENDS, first, stop, np.empty(stop - first, dtype=np.int64))
+        bounds = np.empty(stop - start + 1, dtype=np.int64)
+        bounds[0] = ends[0] if start else 0
+        bounds[1:] = ends[1:] if start else ends
+        size = self.info.sizes[ID_BYTES]
+        if len(bounds) > 1 and (
+            bounds[0] < 0 or bounds[-1] > size or bool((bounds[1:] < bounds[:-1]).any())
+        ):
+            raise FormatError(f"{self.path}: sample id offsets are out of order (corrupt)")
+        low = int(bounds[0])
+        blob = np.empty(int(bounds[-1]) - low, dtype=np.uint8)
+        self._read(ID_BYTES, low, low + len(blob), blob)
+        if self.verify:
+            self._verify_groups(ID_BYTES, start, stop, blob, bounds - low)
+        return blob, bounds - low
 
     def read_block(
         self, start: int, stop: int, out: np.ndarray | None = None
@@ -869,9 +1367,14 @@ class ShardReader:
         """Logits (n, C) in the disk dtype (:data:`DISK_DTYPES`) and targets (n,) ``int64``.
 
         ``out``, an array of at least ``n`` rows of the disk dtype and C columns, is filled and
-        reused instead of allocating (fresh pages cost more than the read itself).
+        reused instead of allocating (fresh pages cost more than the read itself). A summary
+        shard has no logits: :meth:`read_summary` reads it.
         """
         self._check_rows(start, stop)
+        if self.info.storage != "logits":
+            raise FormatError(
+                f"{self.path}: a {self.info.storage} shard stores no logits (read_summary)"
+            )
         n = stop - start
         try:
             disk = DISK_DTYPES[self.info.stored_dtype]
@@ -879,13 +1382,93 @@ class ShardReader:
                 out = np.empty((n, self.info.num_classes), dtype=disk)
             if len(out) < n or out.dtype != disk or out.shape[1:] != (self.info.num_classes,):
                 raise ValueError(f"buffer {out.shape} {out.dtype} cannot hold rows {start}:{stop}")
-            logits = self._read(LOGITS, start, stop, out[:n])
-            targets = self._read(TARGETS, start, stop, np.empty(n, dtype=np.int64))
+            logits = self._rows(LOGITS, start, stop, out[:n])
+            targets = self._rows(TARGETS, start, stop, np.empty(n, dtype=np.int64))
         except FormatError:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
             raise FormatError(f"{self.path}: cannot read rows {start}:{stop} ({exc})") from None
         return logits, targets
+
+    def read_summary(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A summary shard's rows ``[start, stop)``: each of :data:`SUMMARY_COLUMNS` (n,) in
+        its disk dtype, and the targets (n,) ``int64``."""
+        self._check_rows(start, stop)
+        if self.info.storage != "summary":
+            raise FormatError(f"{self.path}: not a summary shard")
+        n = stop - start
+        try:
+            columns = {
+                name: self._rows(name, start, stop, np.empty(n, dtype=self.info.dtypes[name]))
+                for name in (*SUMMARY_COLUMNS, TARGETS)
+            }
+        except FormatError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
+            raise FormatError(f"{self.path}: cannot read rows {start}:{stop} ({exc})") from None
+        return columns, columns.pop(TARGETS).astype(np.int64)
+
+    def verify_all(self, block_bytes: int = 8 << 20) -> int:
+        """Read every byte of every dataset and check it against its checksum (v2), or just read
+        it all (v1, which has none). Returns the bytes checked; raises :class:`FormatError`."""
+        checked = 0
+        info = self.info
+        step = max(1, info.group_rows or 1024)
+        per_row = max(1, info.row_bytes + 16)
+        step *= max(1, block_bytes // (step * per_row))
+        for start in range(0, info.num_rows, step):
+            stop = min(start + step, info.num_rows)
+            if info.storage == "summary":
+                columns, targets = self.read_summary(start, stop)
+                checked += sum(c.nbytes for c in columns.values()) + targets.nbytes
+            else:
+                logits, targets = self.read_arrays(start, stop)
+                checked += logits.nbytes + targets.nbytes
+            checked += self.read_id_keys(start, stop).nbytes
+        return checked
+
+    def _rows(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``[start, stop)`` of dataset ``name`` into ``out``, checked when verifying."""
+        self._read(name, start, stop, out)
+        if self.verify:
+            self._verify_groups(name, start, stop, out, None)
+        return out
+
+    def _verify_groups(
+        self, name: str, start: int, stop: int, data: np.ndarray, bounds: np.ndarray | None
+    ) -> None:
+        """Check the rows ``[start, stop)`` just read into ``data`` against their groups' CRCs.
+
+        ``bounds`` (``stop - start + 1`` byte offsets into ``data``) for the id blob; ``None``
+        for a dataset of fixed-size rows. A group only partly read is read whole, separately.
+        """
+        if stop <= start:
+            return
+        group, sums = self.info.group_rows, self.info.checksums[name]
+        view = memoryview(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        row_bytes = data.nbytes // (stop - start) if bounds is None else 0
+        for g in range(start // group, -(-stop // group)):
+            lo, hi = g * group, min((g + 1) * group, self.info.num_rows)
+            if lo >= start and hi <= stop:
+                if bounds is None:
+                    part = view[(lo - start) * row_bytes : (hi - start) * row_bytes]
+                else:
+                    part = view[int(bounds[lo - start]) : int(bounds[hi - start])]
+                crc = manifest.checksum(part)
+            elif bounds is None:
+                whole = np.empty((hi - lo, *data.shape[1:]), dtype=data.dtype)
+                crc = manifest.checksum(self._read(name, lo, hi, whole).reshape(-1).view(np.uint8))
+            else:
+                saved, self.verify = self.verify, False  # the group's own bytes, unchecked
+                try:
+                    blob, _ = self._id_bytes(lo, hi)
+                finally:
+                    self.verify = saved
+                crc = manifest.checksum(blob)
+            if crc != int(sums[g]):
+                raise FormatError(
+                    f"{self.path}: checksum mismatch in {name} rows {lo}:{hi}; the shard is corrupt"
+                )
 
     def _read(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows ``[start, stop)`` of dataset ``name`` into ``out`` (contiguous, right dtype)."""

@@ -188,8 +188,9 @@ STATS = (
     "p_target",
     "el2n",
     "loss",
+    "lse",
 )
-_SOFTMAX = frozenset({"p_target", "el2n", "loss"})
+_SOFTMAX = frozenset({"p_target", "el2n", "loss", "lse"})
 
 Stats = dict[str, np.ndarray]
 """Per-row statistics of one block, by name (see :data:`STATS`); every array has shape (B,)."""
@@ -204,7 +205,8 @@ def block_stats(x: np.ndarray, labels: np.ndarray, stored: str, needs: Iterable[
       (``margin`` bit for bit the reference's);
     - ``correct``: 1.0 where argmax(z) == y (numpy's argmax: the lowest index among equal
       maxima), else 0.0; NaN for a row holding a NaN;
-    - ``p_target`` = p[y]; ``el2n`` = ||p - onehot(y)||_2; ``loss`` = logsumexp(z) - z[y].
+    - ``p_target`` = p[y]; ``el2n`` = ||p - onehot(y)||_2; ``loss`` = logsumexp(z) - z[y];
+      ``lse`` = logsumexp(z) (what summary storage keeps).
 
     The work is shared: the target entries are read and masked once, the largest other logit
     found once; ``correct`` follows from comparing the two (an argmax only for tied rows); the
@@ -281,8 +283,11 @@ def _softmax_stats(
         out: Stats = {}
         if "p_target" in needs:
             out["p_target"] = mine / total
+        lse = top + np.log(total)
+        if "lse" in needs:
+            out["lse"] = lse
         if "loss" in needs:
-            out["loss"] = top + np.log(total) - t
+            out["loss"] = lse - t
         if "el2n" in needs:
             squares = np.einsum("ij,ij->i", shifted, shifted)
             out["el2n"] = np.sqrt(squares / (total * total) + (rest / total) ** 2)

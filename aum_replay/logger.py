@@ -22,6 +22,7 @@ import json
 import os
 import queue
 import threading
+import uuid
 import warnings
 import weakref
 from pathlib import Path
@@ -37,18 +38,24 @@ from aum_replay.errors import AumReplayError, InputError, RecordingError, RunLoc
 from aum_replay.format import (
     DISK_DTYPES,
     EPOCH_LIMIT,
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     TMP_SUFFIX,
+    ShardInfo,
     ShardWriter,
+    describe_threshold,
+    index_dtype,
     list_shards,
     read_info,
     shard_name,
     torch_dtype,
     torch_to_stored,
 )
+from aum_replay.summary import summarize
 
 __all__ = ["LogitLogger"]
 
-STORAGE_CHOICES = ("auto", "float32", "float16")
+STORAGE_CHOICES = ("auto", "float32", "float16", "summary")
 COMPRESSION_CHOICES = (None, "lzf", "gzip")
 ON_ERROR_CHOICES = ("raise", "stop")
 
@@ -68,6 +75,11 @@ class LogitLogger:
         ``"auto"`` (default) keeps the logits' own precision: float32 as float32, float16 and
         bfloat16 bit-exact, float64 as float64. ``"float16"`` halves the disk of float32 logits
         but is lossy (AUM changes by ~1e-3); ``"float32"`` stores everything as float32.
+        ``"summary"`` (format v2) stores per row only what the replay needs - target and largest
+        other logit in the logits' dtype, its index, the argmax, log-sum-exp and EL2N - instead
+        of the C logits (~100x less disk at C=1000): the same AUM files bit for bit, the
+        dynamics signals exactly or to float64 rounding (:mod:`aum_replay.summary`), but no
+        other statistic of the full rows can be computed later.
     compression
         ``None`` (default), ``"lzf"`` or ``"gzip"``. Real logits compress only ~1.1-1.3x and
         compressed shards replay 2-10x slower, so the default is off.
@@ -82,6 +94,7 @@ class LogitLogger:
     threshold_samples
         A :class:`aum_replay.ThresholdSampleDataset` (or its ``threshold_metadata()`` dict): the
         threshold-sample ids, extra class, seed and set index are recorded for ``aum-replay flag``.
+        A resumed run must keep its threshold set: another one is refused.
     on_error
         What a failure to write a shard (disk full, quota, I/O or permission error) does.
         ``"raise"`` (default): a :class:`~aum_replay.RecordingError` at the next ``log``,
@@ -89,6 +102,14 @@ class LogitLogger:
         after days of training with epochs missing. ``"stop"``: one ``RuntimeWarning`` with the
         same line, then recording stops and every later call does nothing; training goes on.
         Either way the unfinished shard is removed and the published ones stay intact.
+    format_version
+        Shard format to write: 2 (checksummed; the default for a new run) or 1 (readable by
+        older aum-replay releases). ``None`` (default): a resumed run keeps the version it has.
+    run_id
+        The run's id, recorded in every v2 shard so that shards of another run are refused.
+        ``None`` (default): the first logger of a run makes one up and keeps it in
+        ``run_dir/.run_id``, which the other ranks and every resuming logger read. Pass the same
+        string on every rank when ranks do not share the run directory (node-local disks).
 
     Raises
     ------
@@ -121,6 +142,8 @@ class LogitLogger:
         metadata: dict[str, Any] | None = None,
         threshold_samples: Any = None,
         on_error: str = "raise",
+        format_version: int | None = None,
+        run_id: str | None = None,
     ) -> None:
         if storage not in STORAGE_CHOICES:
             raise InputError(f"storage must be one of {STORAGE_CHOICES}, not {storage!r}")
@@ -134,6 +157,14 @@ class LogitLogger:
             raise InputError(f"max_pending must be at least 1, not {max_pending}")
         if on_error not in ON_ERROR_CHOICES:
             raise InputError(f"on_error must be one of {ON_ERROR_CHOICES}, not {on_error!r}")
+        if format_version is not None and format_version not in FORMAT_VERSIONS:
+            raise InputError(
+                f"format_version must be one of {FORMAT_VERSIONS}, not {format_version!r}"
+            )
+        if run_id is not None and not _valid_run_id(run_id):
+            raise InputError(
+                f"run_id must be 1-64 letters, digits, '-', '_' or '.', not {run_id!r}"
+            )
         self.on_error = on_error
         dist_rank, dist_world = _distributed()
         self.rank = dist_rank if rank is None else int(rank)
@@ -162,9 +193,33 @@ class LogitLogger:
             self.id_kind: str | None = None
             existing = list_shards(self.run_dir)
             self._published = {(e, r) for e, r, _ in existing}
-            if existing:
-                info = read_info(existing[0][2])
-                self.num_classes, self.id_kind = info.num_classes, info.id_kind
+            resumed = read_info(existing[0][2]) if existing else None
+            if resumed is not None:
+                self.num_classes, self.id_kind = resumed.num_classes, resumed.id_kind
+                self._check_resumed(resumed)
+            self.format_version = format_version or (
+                resumed.format_version if resumed is not None else FORMAT_VERSION
+            )
+            if storage == "summary" and self.format_version < 2:
+                raise InputError(
+                    f"{self.run_dir}: storage='summary' needs format v2; this run is v1"
+                    if resumed is not None
+                    else "storage='summary' needs format_version=2"
+                )
+            kind = "summary" if storage == "summary" else "logits"
+            if resumed is not None and resumed.storage != kind:
+                raise InputError(
+                    f"{self.run_dir}: this logger stores {kind}, but the run it resumes stores "
+                    f"{resumed.storage} ({resumed.path.name}); a run keeps one storage kind"
+                )
+            if resumed is not None and self.format_version != resumed.format_version:
+                raise InputError(
+                    f"{self.run_dir}: this run is written in format v{resumed.format_version} "
+                    f"({resumed.path.name}), not v{self.format_version}; a run keeps one format"
+                )
+            self.run_id = (
+                _run_id(self.run_dir, resumed, run_id) if self.format_version >= 2 else None
+            )
         except BaseException:
             _LOCKED.discard(self)
             _unlock(self._lock_fd)
@@ -314,12 +369,22 @@ class LogitLogger:
             self._discard(f"was interrupted by {exc_type.__name__} and is not published")
 
     # ------------------------------------------------------------------ helpers
+    def _check_resumed(self, info: ShardInfo) -> None:
+        """Refuse to continue a run whose threshold samples differ from this logger's."""
+        if (info.threshold or None) != (self.threshold or None):
+            raise InputError(
+                f"{self.run_dir}: this logger's threshold samples are "
+                f"{describe_threshold(self.threshold)}, but the run it resumes has "
+                f"{describe_threshold(info.threshold)} ({info.path.name}); one run keeps one "
+                "threshold set: use a new run directory"
+            )
+
     def _stored_dtype(self, dtype: torch.dtype) -> str:
         if self.storage == "float16":
             return "float16"
         if self.storage == "float32":
             return "float32"
-        return torch_to_stored(dtype)
+        return torch_to_stored(dtype)  # "auto" and "summary" keep the logits' dtype
 
     def _begin_epoch(
         self, epoch: int, num_classes: int, stored: str, dtype: torch.dtype, kind: str
@@ -346,6 +411,11 @@ class LogitLogger:
             self._targets = np.zeros(chunk_rows, dtype=np.int64)
         self._ids = np.zeros(chunk_rows, dtype=np.int64 if kind == "int" else object)
         self._chunk_rows, self._stored, self._epoch = chunk_rows, stored, epoch
+        summary = self.storage == "summary"
+        if summary:  # chunks of summary rows, under the same byte budget
+            index = index_dtype(num_classes).itemsize
+            summary_row = 2 * itemsize + 3 * index + 16 + (8 if kind == "int" else 16)
+            chunk_rows = max(1, self.chunk_bytes // summary_row)
         self._tasks.put(
             (
                 "open",
@@ -362,6 +432,9 @@ class LogitLogger:
                     compression=self.compression,
                     metadata=self.metadata,
                     threshold=self.threshold,
+                    format_version=self.format_version,
+                    run_id=self.run_id,
+                    storage="summary" if summary else "logits",
                 ),
             )
         )
@@ -387,7 +460,8 @@ class LogitLogger:
         if self._buffer is None or self._fill == 0:
             return
         n = self._fill
-        self._tasks.put(("rows", self._buffer, self._targets[:n].copy(), self._ids[:n].copy(), n))
+        rows = ("rows", self._buffer, self._targets[:n].copy(), self._ids[:n].copy(), n)
+        self._tasks.put((*rows, self._stored))
         self._buffer, self._fill = None, 0
 
     def _finish_epoch(self) -> Path | None:
@@ -486,13 +560,16 @@ class LogitLogger:
                     if self._error is None:
                         writer = ShardWriter(**task[1])
                 elif kind == "rows":
-                    _, buffer, targets, ids, n = task
+                    _, buffer, targets, ids, n, stored = task
                     if writer is not None:
                         if buffer.dtype == torch.bfloat16:
                             data = buffer[:n].view(torch.int16).numpy().view(np.uint16)
                         else:
                             data = buffer[:n].numpy()
-                        writer.append(data, targets, ids)
+                        if self.storage == "summary":  # the replay's kernels, off the hot path
+                            writer.append_summary(summarize(data, targets, stored), targets, ids)
+                        else:
+                            writer.append(data, targets, ids)
                     self._free.put(buffer)
                 elif kind == "publish":
                     # On failure the handler below records the error and removes the temporary
@@ -592,6 +669,61 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_RUN_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def _valid_run_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and set(value) <= _RUN_ID_CHARS
+
+
+RUN_ID_FILE = ".run_id"
+
+
+def _run_id(run_dir: Path, resumed: ShardInfo | None, requested: str | None) -> str:
+    """The run id this logger records: the run's own when it resumes, else the one the first
+    logger of the run wrote to ``run_dir/.run_id`` (made atomically: ranks that start together
+    agree on one), else ``requested`` or a new random one."""
+    path = run_dir / RUN_ID_FILE
+    known = resumed.run_id if resumed is not None else None
+    where = resumed.path.name if resumed is not None else ""
+    if known is None:
+        known, where = _read_run_id(path), path.name
+    if known is None:
+        candidate = requested or uuid.uuid4().hex
+        tmp = run_dir / f"{RUN_ID_FILE}.{os.getpid()}{TMP_SUFFIX}"
+        try:
+            tmp.write_text(candidate + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # atomic: exactly one logger's id wins
+        except OSError as exc:
+            raise RecordingError(f"{path}: cannot record the run id ({exc})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        known, where = _read_run_id(path), path.name
+        if known is None:  # pragma: no cover - the file was just made
+            raise RecordingError(f"{path}: cannot read back the run id")
+        if known == candidate and requested is None:
+            return known
+    if requested is not None and requested != known:
+        raise InputError(
+            f"{run_dir}: run_id {requested!r} was given, but the run already has run id "
+            f"{known!r} ({where}); shards of two runs must not mix"
+        )
+    return known
+
+
+def _read_run_id(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordingError(f"{path}: cannot read the run id ({exc})") from None
+    if not _valid_run_id(text):
+        raise RecordingError(f"{path}: not a run id ({text[:40]!r}); remove the file")
+    return text
 
 
 def _threshold_metadata(source: Any) -> dict[str, Any] | None:

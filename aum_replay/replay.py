@@ -42,6 +42,7 @@ from aum_replay.kernels import Stats, block_stats, loaded_torch, margin_values
 from aum_replay.outputs import SCRATCH_PREFIX, OutputSet, writing
 from aum_replay.reducers import AUM
 from aum_replay.run import IdIndex, IdScan, Run, check_targets, open_run, scan_ids
+from aum_replay.summary import SummaryBlock, with_summaries
 
 __all__ = [
     "RECORD_DTYPE",
@@ -392,12 +393,12 @@ def _kernel(device: Any, needs: frozenset[str]) -> Kernel:
             def margins_only(logits: np.ndarray, targets: np.ndarray, stored: str) -> Stats:
                 return {"margin": margin_values(logits, targets, stored)}
 
-            return margins_only
+            return with_summaries(margins_only, needs)
 
         def on_host(logits: np.ndarray, targets: np.ndarray, stored: str) -> Stats:
             return block_stats(logits, targets, stored, needs)
 
-        return on_host
+        return with_summaries(on_host, needs)
 
     unsupported = needs - RECORD_STATS - {"margin"}
     if unsupported:
@@ -419,7 +420,7 @@ def _kernel(device: Any, needs: frozenset[str]) -> Kernel:
             stats.update(host_fields(m)._asdict())
         return stats
 
-    return on_device
+    return with_summaries(on_device, needs)
 
 
 def _stream(
@@ -436,7 +437,9 @@ def _stream(
     Reads (``preadv``) and the kernel release the GIL, so the workers run side by side.
     """
     plan = _plan(run, block_bytes)
-    longest = max((stop - start for _, start, stop in plan), default=0)
+    longest = max(
+        (stop - start for shard, start, stop in plan if shard.storage == "logits"), default=0
+    )
     local = threading.local()
     opened: list[ShardReader] = []
     lock = threading.Lock()
@@ -444,10 +447,6 @@ def _stream(
     def work(i: int) -> Segment:
         shard, start, stop = plan[i]
         state = local.__dict__
-        buffer = state.get(shard.stored_dtype)  # one per stored dtype (a run may change it)
-        if buffer is None:
-            disk_dtype = DISK_DTYPES[shard.stored_dtype]
-            buffer = state[shard.stored_dtype] = np.empty((longest, run.num_classes), disk_dtype)
         reader: ShardReader | None = state.get("reader")
         if reader is None or reader.info is not shard:
             with lock:  # the caller closes whatever is left open at the end
@@ -456,6 +455,12 @@ def _stream(
                     opened.remove(reader)
                 reader = state["reader"] = ShardReader(shard.path, info=shard)
                 opened.append(reader)
+        buffer = None
+        if shard.storage == "logits":  # a summary shard's rows are read without a buffer
+            buffer = state.get(shard.stored_dtype)  # one per stored dtype (a run may change it)
+            if buffer is None:
+                disk = DISK_DTYPES[shard.stored_dtype]
+                buffer = state[shard.stored_dtype] = np.empty((longest, run.num_classes), disk)
         return read_segment(reader, start, stop, positions[i], ids, kernel, buffer)
 
     positions = np.cumsum([0] + [stop - start for _, start, stop in plan]).tolist()
@@ -476,15 +481,19 @@ def read_segment(
     position: int,
     ids: IdIndex,
     kernel: Kernel,
-    buffer: np.ndarray,
+    buffer: np.ndarray | None,
 ) -> Segment:
     """Rows ``start:stop`` of one shard through the kernel, as the segment at ``position``.
 
     ``buffer`` (at least ``stop - start`` rows of the shard's disk dtype) receives the logits
-    and is the kernel's scratch.
+    and is the kernel's scratch; a summary shard (``storage="summary"``) needs none.
     """
     shard = reader.info
-    logits, targets = reader.read_arrays(start, stop, out=buffer)
+    if shard.storage == "summary":  # per-row statistics instead of logits
+        columns, targets = reader.read_summary(start, stop)
+        logits: Any = SummaryBlock(columns)
+    else:
+        logits, targets = reader.read_arrays(start, stop, out=buffer)
     check_targets(targets, shard.num_classes, f"{shard.path} rows {start}:{stop}")
     index = ids(reader.read_ids(start, stop))
     stats = kernel(logits, targets, shard.stored_dtype)
@@ -522,7 +531,7 @@ def _plan(run: Run, block_bytes: int) -> list[tuple[ShardInfo, int, int]]:
     """
     plan = []
     for shard in run.shards:
-        row_bytes = run.num_classes * DISK_DTYPES[shard.stored_dtype].itemsize
+        row_bytes = shard.row_bytes  # of the logits, or of their summary
         chunk = shard.chunk_rows or max(1, block_bytes // row_bytes)
         if chunk * row_bytes <= block_bytes:  # whole chunks per block
             block_rows = chunk * (block_bytes // (chunk * row_bytes))

@@ -13,6 +13,8 @@ from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import FormatError, InputError
 from aum_replay.format import (
     ShardInfo,
+    ShardReader,
+    describe_threshold,
     list_lookalikes,
     list_shards,
     list_temporaries,
@@ -30,6 +32,7 @@ __all__ = [
     "describe_run",
     "open_run",
     "scan_ids",
+    "verify_run",
 ]
 
 
@@ -136,6 +139,7 @@ def open_run(run_dir: str | Path, epochs: str | EpochSelection | None = None) ->
                 f"{info.path}: {info.id_kind} sample ids, but {first.path.name} has "
                 f"{first.id_kind} ids; a run must keep one id kind"
             )
+        check_same_run(first, info)
     return Run(
         path,
         tuple(infos),
@@ -145,6 +149,31 @@ def open_run(run_dir: str | Path, epochs: str | EpochSelection | None = None) ->
         first.id_kind,
         tuple(list_lookalikes(path)),
     )
+
+
+def check_same_run(first: ShardInfo, info: ShardInfo) -> None:
+    """Raise :class:`FormatError` naming both shards when ``info`` cannot belong to the run of
+    ``first``: another run id, format version, storage kind or threshold set (a shard copied in
+    from another run, say set 2's epoch into set 1's run)."""
+
+    def refuse(what: str, mine: object, theirs: object) -> FormatError:
+        return FormatError(
+            f"{info.path}: {what} {mine}, but {first.path.name} has {theirs}; shards of "
+            "different runs cannot be replayed together"
+        )
+
+    if info.format_version != first.format_version:
+        raise refuse("format", f"v{info.format_version}", f"v{first.format_version}")
+    if info.run_id != first.run_id:
+        raise refuse("run id", repr(info.run_id), repr(first.run_id))
+    if info.storage != first.storage:
+        raise refuse("storage", repr(info.storage), repr(first.storage))
+    if info.threshold != first.threshold:
+        raise refuse(
+            "threshold samples",
+            describe_threshold(info.threshold),
+            describe_threshold(first.threshold),
+        )
 
 
 def build_universe(shards: Sequence[ShardInfo], id_kind: str) -> np.ndarray:
@@ -329,6 +358,18 @@ class RunSummary:
     epochs: tuple[EpochSummary, ...]
     num_samples: int
     nbytes: int
+
+
+def verify_run(run: Run) -> int:
+    """Read every row of every shard of ``run`` and check it against its checksum (v2).
+
+    Returns the bytes checked; raises :class:`FormatError` naming the first corrupt shard.
+    """
+    checked = 0
+    for info in run.shards:
+        with ShardReader(info.path, info=info, verify=True) as reader:
+            checked += reader.verify_all()
+    return checked
 
 
 def describe_run(run_dir: str | Path) -> RunSummary:

@@ -17,16 +17,23 @@ from typer.testing import CliRunner
 from aum_replay import LogitLogger, compute
 from aum_replay.cli import app
 from aum_replay.csvout import FULL_NAME, VALUES_NAME
+from aum_replay.format import read_info
 
 runner = CliRunner()
 SENTINEL = b"sample_id,aum\n42,1.0\n"
 
 
 def make_run(
-    run_dir: Path, *, epochs: int = 3, num_samples: int = 40, num_classes: int = 6, seed: int = 0
+    run_dir: Path,
+    *,
+    epochs: int = 3,
+    num_samples: int = 40,
+    num_classes: int = 6,
+    seed: int = 0,
+    version: int = 2,
 ) -> Path:
     rng = np.random.default_rng(seed)
-    with LogitLogger(run_dir, chunk_bytes=4096) as logger:
+    with LogitLogger(run_dir, chunk_bytes=4096, format_version=version) as logger:
         for epoch in range(epochs):
             ids = rng.permutation(num_samples)
             for start in range(0, num_samples, 16):
@@ -253,11 +260,21 @@ def test_installed_entry_point(run_dir: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out2").exists()
 
 
-def test_a_failure_mid_stream_leaves_no_new_output_dir(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "run")
-    with h5py.File(run / "epoch_00002.rank_000.h5", "r+") as f:
-        f["targets"][5] = 99  # outside [0, 6): found only while streaming the last epoch
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_failure_mid_stream_leaves_no_new_output_dir(tmp_path: Path, version: int) -> None:
+    run = make_run(tmp_path / "run", version=version)
+    shard = run / "epoch_00002.rank_000.h5"
+    if version == 1:
+        with h5py.File(shard, "r+") as f:
+            f["targets"][5] = 99  # outside [0, 6): found only while streaming the last epoch
+        expected = "target 99"
+    else:  # the same bytes changed in place: the checksum of that group no longer matches
+        at = read_info(shard).raw["targets"].offsets[0] + 5 * 8
+        with open(shard, "r+b") as f:
+            f.seek(at)
+            f.write((99).to_bytes(8, "little"))
+        expected = "checksum mismatch in targets rows"
     out = tmp_path / "fresh" / "out"
     got, _, stderr = invoke("compute", run, "-o", out)
-    assert got == 1 and "target 99" in stderr and "epoch_00002.rank_000.h5" in stderr
+    assert got == 1 and expected in stderr and "epoch_00002.rank_000.h5" in stderr
     assert not out.exists()

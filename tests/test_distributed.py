@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -26,6 +25,7 @@ from aum_replay import distributed as dist
 from aum_replay.cli import app
 from aum_replay.csvout import FULL_NAME, VALUES_NAME
 from aum_replay.dynamics import DYNAMICS_NAME
+from aum_replay.format import read_info
 
 distributed = pytest.importorskip("distributed")
 runner = CliRunner()
@@ -147,10 +147,17 @@ def test_a_corrupt_shard_is_one_error_naming_it_and_nothing_is_written(
 ) -> None:
     run = record(tmp_path / "run", ids=list(range(300)))
     shard = run / "epoch_00002.rank_001.h5"
-    with h5py.File(shard, "r+") as f:
-        f["targets"][5] = 99  # read only inside a task: the worker finds it
-    with pytest.raises(FormatError, match=r"epoch_00002\.rank_001\.h5.*target 99"):
+    # One flipped byte inside the logits: only a task reads it, and its checksum fails there.
+    offset = read_info(shard).raw["logits"].offsets[0] + 13
+    with open(shard, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([byte ^ 0x10]))
+    with pytest.raises(FormatError, match=r"epoch_00002\.rank_001\.h5"):
         compute(run, tmp_path / "out", client=client)
+    with pytest.raises(FormatError, match=r"epoch_00002\.rank_001\.h5"):
+        compute(run, tmp_path / "out")  # the local replay finds the same byte
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -109,11 +109,11 @@ def copy_shard(tmp_path: Path) -> Path:
 def test_newer_format_version_is_refused_with_upgrade_advice(tmp_path: Path) -> None:
     path = copy_shard(tmp_path)
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = 3
     for read in (read_info, ShardReader):
         with pytest.raises(FormatError, match="upgrade") as info:
             read(path)
-        assert str(path) in str(info.value) and "version 2" in str(info.value)
+        assert str(path) in str(info.value) and "version 3" in str(info.value)
     with pytest.raises(FormatError, match="upgrade"):
         aum_replay.compute(path.parent)
     result = CliRunner().invoke(app, ["info", str(path.parent)])
@@ -260,26 +260,30 @@ def test_a_fixed_length_utf8_string_attribute_is_read(tmp_path: Path) -> None:
     assert read_info(path).package_version == "0.1.0é"
 
 
-def write_one_shard(run: Path, metadata: dict[str, str] | None = None) -> Path:
+def write_one_shard(run: Path, metadata: dict[str, str] | None = None, version: int = 1) -> Path:
     from aum_replay.format import ShardWriter, shard_name
 
     path = run / shard_name(0, 0)
     writer = ShardWriter(
         path, epoch=0, rank=0, world_size=1, num_classes=3, logits_dtype="float32",
         stored_dtype="float32", id_kind="int", chunk_rows=4, metadata=metadata,
+        format_version=version, run_id="r1",
     )  # fmt: skip
     writer.append(np.tile(np.float32([1, 0, 0]), (8, 1)), np.zeros(8, np.int64), np.arange(8))
     return writer.publish()
 
 
-def test_a_shard_republished_after_validation_is_refused_not_misread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_shard_republished_after_validation_is_refused_not_misread(
+    tmp_path: Path, version: int
+) -> None:
     # A resumed run republishes shards; bigger attributes move the chunks within the file, so
     # offsets found at validation would read the wrong bytes.
     run = tmp_path / "run"
     run.mkdir()
-    write_one_shard(run)
+    write_one_shard(run, version=version)
     opened = open_run(run)
-    write_one_shard(run, {"note": "x" * 5000})
+    write_one_shard(run, {"note": "x" * 5000}, version=version)
     with pytest.raises(FormatError, match="changed since it was validated"):
         aum_replay.compute(opened, None)
     assert aum_replay.compute(run, None).aum["aum"].to_list() == [1.0] * 8  # a fresh replay

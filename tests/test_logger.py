@@ -222,12 +222,13 @@ def test_chunks_of_all_datasets_stay_within_the_byte_budget(
         logger.log(logits, targets, id_form(kind, order), epoch=0)  # shorter than one chunk
         logger.log(long_logits, long_targets, long_ids, epoch=1)  # many chunks
     short, long = (path for _, _, path in list_shards(tmp_path))
+    ids = "sample_ids" if kind != "list_str" else "sample_id_ends"  # v2: one blob of UTF-8
     with h5py.File(short, "r") as f:
         # A short shard's chunk is exactly as long as the shard: no mostly-empty 2 MiB chunk.
-        assert f["logits"].chunks[0] == f["targets"].chunks[0] == f["sample_ids"].chunks[0] == N
+        assert f["logits"].chunks[0] == f["targets"].chunks[0] == f[ids].chunks[0] == N
     with h5py.File(long, "r") as f:
         rows = f["logits"].chunks[0]
-        assert f["targets"].chunks == f["sample_ids"].chunks == (rows,)
+        assert f["targets"].chunks == f[ids].chunks == (rows,)
         assert rows < len(long_targets)
         row_bytes = sum(f[name].id.get_storage_size() for name in f) / (
             -(-len(long_targets) // rows) * rows

@@ -116,7 +116,8 @@ def test_sigkill_mid_epoch_keeps_every_published_epoch(tmp_path: Path) -> None:
     assert len(leftovers) == 1
     assert leftovers[0].name.startswith("epoch_00003.rank_000.h5.")
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(
-        [f"epoch_0000{e}.rank_000.h5" for e in range(3)] + [leftovers[0].name, ".rank_000.lock"]
+        [f"epoch_0000{e}.rank_000.h5" for e in range(3)]
+        + [leftovers[0].name, ".rank_000.lock", ".run_id"]
     )
 
     result = aum_replay.compute(run_dir, tmp_path / "out")

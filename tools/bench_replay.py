@@ -26,6 +26,7 @@ Usage::
     python tools/bench_replay.py --samples 5000 --epochs 6 --ref-epochs 1   # a quick run
     python tools/bench_replay.py --engine              # the engine's goals (~10 minutes)
     python tools/bench_replay.py --engine --scale 0.1  # the same at a tenth of the samples
+    python tools/bench_replay.py --format-v2 --samples 50000 --epochs 5      # v2 against v1
 """
 
 from __future__ import annotations
@@ -271,6 +272,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="--engine: share of samples")
     parser.add_argument("--engine-child", nargs=2, metavar=("RUN", "JOB"), help=argparse.SUPPRESS)
     parser.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--format-v2",
+        action="store_true",
+        help="only the format v2 figures against v1 on the same logits (one JSON line)",
+    )
+    parser.add_argument("--format-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child, full=args.full, numpy_only=args.numpy_only)
@@ -281,6 +288,12 @@ def main() -> None:
     if args.engine:
         torch.set_num_threads(1)
         engine(args.scale, args.repeats)
+        return
+    if args.format_child:
+        format_child(args.format_child[0], args.format_child[1] == "1", full=False)
+        return
+    if args.format_v2:
+        format_figures(args)
         return
 
     torch.set_num_threads(1)
@@ -365,6 +378,142 @@ def main() -> None:
     report["machine"] = (
         f"{platform.machine()} {platform.python_version()} torch {torch.__version__}"
     )
+    print(json.dumps(report))
+
+
+# ----------------------------------------------------------------------------- format v2 figures
+
+
+def write_format_run(
+    run_dir: Path, samples: int, classes: int, epochs: int, **options: Any
+) -> tuple[float, float]:
+    """A run of the same seeded logits in any format/storage; returns (seconds in log(), total)."""
+    from aum_replay import LogitLogger
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, classes, size=samples)
+    kind = options.pop("kind", "int")
+    in_log = 0.0
+    started = time.perf_counter()
+    with LogitLogger(run_dir, **options) as logger:
+        for epoch in range(epochs):
+            ids = rng.permutation(samples)
+            logits = torch.from_numpy(rng.standard_normal((samples, classes), dtype=np.float32))
+            for start in range(0, samples, 256):
+                part = ids[start : start + 256]
+                sid: Any = part if kind == "int" else [f"img_{i:07d}.jpg" for i in part]
+                t = time.perf_counter()
+                logger.log(logits[start : start + 256], labels[part], sid, epoch=epoch)
+                in_log += time.perf_counter() - t
+    return in_log, time.perf_counter() - started
+
+
+def format_child(run_dir: str, verify: bool, full: bool) -> None:
+    """One values-only (or full) replay in a fresh process, after a warm-up call."""
+    from aum_replay import compute, format, kernels
+
+    kernels.USE_LOADED_TORCH = False  # the CLI's kernels
+    format.VERIFY = verify
+    compute(run_dir, None, full=full)
+    started = time.perf_counter()
+    result = compute(run_dir, None, full=full)
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mib() * 1024  # VmHWM: this process's own peak (see measure.py)
+    print(json.dumps({"seconds": seconds, "rows": result.num_measurements, "rss_kib": rss}))
+
+
+def format_replay(run_dir: Path, verify: bool = True, repeats: int = 3) -> dict[str, float]:
+    runs = []
+    for _ in range(repeats):
+        args = [sys.executable, __file__, "--format-child", str(run_dir), str(int(verify))]
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(done.stderr)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return best(runs)
+
+
+def validation_ms(run_dir: Path, repeats: int = 5) -> float:
+    from aum_replay.format import list_shards, read_info
+
+    paths = [p for _, _, p in list_shards(run_dir)]
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for path in paths:
+            read_info(path)
+        timings.append((time.perf_counter() - started) / len(paths))
+    return min(timings) * 1e3
+
+
+def format_figures(args: argparse.Namespace) -> None:
+    """Format v2 against v1 on the same logits, in this one run: one JSON line."""
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="aum-replay-bench-v2-"))
+    report: dict[str, Any] = {"bench": "replay_format_v2", "samples": args.samples}
+    try:
+        n, e = args.samples, args.epochs
+        v1, v2 = tmp / "v1", tmp / "v2"
+        write_format_run(v1, n, 100, e, format_version=1)
+        write_format_run(v2, n, 100, e)
+        s1, s2 = tmp / "s1", tmp / "s2"
+        write_format_run(s1, n, 100, e, format_version=1, kind="str")
+        write_format_run(s2, n, 100, e, kind="str")
+        plain_read(v2, 4096)  # page cache warm
+        on, off = format_replay(v2, True), format_replay(v2, False)
+        r1 = format_replay(v1)
+        str1, str2 = format_replay(s1), format_replay(s2)
+        report["c100"] = {
+            "validation_ms_per_shard_v1": round(validation_ms(v1), 3),
+            "validation_ms_per_shard_v2": round(validation_ms(v2), 3),
+            "values_only_s_v1": round(r1["seconds"], 3),
+            "values_only_s_v2_verified": round(on["seconds"], 3),
+            "values_only_s_v2_unverified": round(off["seconds"], 3),
+            "string_ids_s_v1": round(str1["seconds"], 3),
+            "string_ids_s_v2": round(str2["seconds"], 3),
+        }
+        ratios: dict[str, float] = {
+            "verification_share_of_replay": (on["seconds"] - off["seconds"]) / on["seconds"],
+            "v2_vs_v1_values_time": on["seconds"] / r1["seconds"],
+            "string_vs_int_row_rate_v1": r1["seconds"] / str1["seconds"],
+            "string_vs_int_row_rate_v2": on["seconds"] / str2["seconds"],
+            "string_vs_int_rss_v2": str2["rss_kib"] / on["rss_kib"],
+        }
+        for classes in (100, 1000):
+            rows = max(1024, n * 100 // classes)  # about the same bytes of logits
+            full, summ = tmp / f"full{classes}", tmp / f"summary{classes}"
+            hook_full = write_format_run(full, rows, classes, e)
+            hook_summ = write_format_run(summ, rows, classes, e, storage="summary")
+            size_full = sum(p.stat().st_size for p in full.glob("*.h5"))
+            size_summ = sum(p.stat().st_size for p in summ.glob("*.h5"))
+            t_full, t_summ = format_replay(full), format_replay(summ)
+            report[f"summary_c{classes}"] = {
+                "rows": rows * e,
+                "disk_mb_full": round(size_full / 1e6, 2),
+                "disk_mb_summary": round(size_summ / 1e6, 3),
+                "log_s_full": round(hook_full[0], 3),
+                "log_s_summary": round(hook_summ[0], 3),
+                "replay_s_full": round(t_full["seconds"], 3),
+                "replay_s_summary": round(t_summ["seconds"], 4),
+            }
+            ratios[f"c{classes}_disk_full_vs_summary"] = size_full / size_summ
+            ratios[f"c{classes}_hook_summary_vs_full"] = hook_summ[0] / hook_full[0]
+            ratios[f"c{classes}_replay_speed_summary_vs_full"] = (
+                t_full["seconds"] / t_summ["seconds"]
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    report["goals_met"] = {
+        "verification_at_most_10pct": ratios["verification_share_of_replay"] <= 0.10,
+        "validation_at_most_0.2ms": report["c100"]["validation_ms_per_shard_v2"] <= 0.2,
+        "string_ids_half_the_int_row_rate": ratios["string_vs_int_row_rate_v2"] >= 0.5,
+        "string_ids_memory_within_2x": ratios["string_vs_int_rss_v2"] <= 2.0,
+        "summary_c1000_100x_less_disk": ratios["c1000_disk_full_vs_summary"] >= 100,
+        "summary_c1000_hook_no_slower": ratios["c1000_hook_summary_vs_full"] <= 1.0,
+        "summary_c1000_replay_20x_faster": ratios["c1000_replay_speed_summary_vs_full"] >= 20,
+    }
+    report["machine"] = f"{platform.machine()} {platform.python_version()}"
     print(json.dumps(report))
 
 

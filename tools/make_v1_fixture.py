@@ -65,15 +65,22 @@ class _FixedClock(datetime):
         return cls.fromtimestamp(CREATED.timestamp(), tz)
 
 
-def write_run(run_dir: Path) -> None:
+def write_run(run_dir: Path, **options: Any) -> None:
+    """The fixture's rows as ``LogitLogger`` writes them; ``options`` override the v1 ones."""
     from aum_replay import LogitLogger, format
+
+    options = {"metadata": METADATA, "format_version": 1, **options}
 
     real_clock = format.datetime
     format.datetime = _FixedClock  # type: ignore[misc]
     try:
         for rank in range(WORLD):
             with LogitLogger(
-                run_dir, rank=rank, world_size=WORLD, chunk_bytes=1024, metadata=METADATA
+                run_dir,
+                rank=rank,
+                world_size=WORLD,
+                chunk_bytes=1024,
+                **options,  # the v1 writer is kept, so this fixture can be remade as-is
             ) as logger:
                 for epoch, r, logits, targets, ids in make_rows():
                     if r == rank:
