@@ -3,8 +3,8 @@
 Every fenced ``console`` block of README.md is a sequence of ``$ command`` lines, each followed by
 its output. This script makes a scratch directory, runs ``aum-replay demo aum-demo --quiet`` in
 it (the examples use the demo's runs), then runs every command there with ``COLUMNS=100`` and
-writes what it printed (stdout, then stderr) back under it. Timings (``done in 0.41 s``) are
-compared as a pattern in ``--check`` mode, since they change from run to run.
+writes what it printed (stdout, then stderr) back under it. Timings (``done in 0.41 s``) and run
+ids are compared as patterns in ``--check`` mode, since they change from run to run.
 
     python tools/readme_examples.py          # rewrite README.md in place
     python tools/readme_examples.py --check  # exit 1 and show the differences if any block is stale
@@ -23,7 +23,7 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"```console\n(.*?)```", re.DOTALL)
-TIMING = re.compile(r"\b\d+(\.\d+)? s\b")
+TIMING = re.compile(r"\b\d+(\.\d+)? s\b|\brun id [0-9a-f]{32}\b")  # change from run to run
 
 
 def run_block(block: str, workdir: Path, env: dict[str, str]) -> str:
@@ -62,7 +62,7 @@ def main() -> None:
     pieces, last = [], 0
     for match, new in zip(BLOCK.finditer(text), fresh, strict=True):
         old = match.group(1)
-        if TIMING.sub("T s", old) != TIMING.sub("T s", new):
+        if TIMING.sub("T", old) != TIMING.sub("T", new):
             stale += 1
             sys.stdout.writelines(
                 difflib.unified_diff(
