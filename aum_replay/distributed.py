@@ -25,8 +25,8 @@ import numpy as np
 
 from aum_replay.engine import Segment
 from aum_replay.errors import AumReplayError, InputError
-from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader, read_all_ids
-from aum_replay.run import IdIndex, IdScan, Run, _sorted_unique
+from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader, read_all_id_keys
+from aum_replay.run import IdIndex, IdScan, Run, _sorted_unique, decode_keys
 
 __all__ = ["TASK_BYTES", "connect", "scan_ids", "segments"]
 
@@ -78,10 +78,9 @@ def connect(address: str, *, timeout: float = 10.0) -> Iterator[Any]:
 
 
 def _task_ids(info: ShardInfo) -> tuple[np.ndarray, bool]:
-    """A shard's distinct ids, sorted, and whether any id repeats within it."""
-    ids = read_all_ids(info)
-    if info.id_kind == "str":
-        ids = ids.astype(np.str_)
+    """A shard's distinct ids (as keys, see :meth:`ShardReader.read_id_keys`), sorted, and
+    whether any id repeats within it."""
+    ids = read_all_id_keys(info)
     distinct = _sorted_unique(ids)
     return distinct, len(distinct) < len(ids)
 
@@ -92,7 +91,8 @@ def scan_ids(client: Any, shards: tuple[ShardInfo, ...], id_kind: str) -> IdScan
     results = _gather(client, futures)
     if not results:
         empty = np.zeros(0, dtype=np.int64 if id_kind == "int" else np.str_)
-        return IdScan(empty, np.zeros(0, dtype=np.int64))
+        keys = None if id_kind == "int" else np.zeros(0, dtype="S1")
+        return IdScan(empty, np.zeros(0, dtype=np.int64), keys)
     universe = _sorted_unique(np.concatenate([distinct for distinct, _ in results]))
     if id_kind == "int":
         universe = universe.astype(np.int64, copy=False)
@@ -105,6 +105,8 @@ def scan_ids(client: Any, shards: tuple[ShardInfo, ...], id_kind: str) -> IdScan
         present = _sorted_unique(np.concatenate(parts))
         clean = clean and len(present) == sum(len(p) for p in parts)  # no id on two ranks
         appearances[np.searchsorted(universe, present)] += 1
+    if id_kind == "str":
+        return IdScan(decode_keys(universe), appearances if clean else None, universe)
     return IdScan(universe, appearances if clean else None)
 
 

@@ -1194,6 +1194,8 @@ def utf8_keys(blob: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     lengths = np.diff(bounds)
     n = len(lengths)
     width = max(1, int(lengths.max(initial=0)))
+    if n and int(lengths.min()) == width:  # ids of one length (img_000123.jpg): a reshape
+        return blob[: n * width].reshape(n, width).copy().view(f"S{width}").reshape(n)
     keys = np.zeros((n, width), dtype=np.uint8)
     if len(blob):
         rows = np.repeat(np.arange(n), lengths)
@@ -1206,6 +1208,12 @@ def read_all_ids(info: ShardInfo) -> np.ndarray:
     """Every sample id of a validated shard: ``int64``, or an object array of ``str``."""
     with ShardReader(info.path, info=info) as reader:
         return reader.read_ids()
+
+
+def read_all_id_keys(info: ShardInfo) -> np.ndarray:
+    """Every sample id of a validated shard as a key (:meth:`ShardReader.read_id_keys`)."""
+    with ShardReader(info.path, info=info) as reader:
+        return reader.read_id_keys()
 
 
 class ShardReader:

@@ -261,7 +261,7 @@ def _compute(
             sink=spill.sink if spill is not None else None,
         )
         needs = fold.needs | (RECORD_STATS if keep_records else set())
-        segments = stream(run, universe, needs, device, block_bytes, workers, client)
+        segments = stream(run, scan.index_keys, needs, device, block_bytes, workers, client)
         feed(fold, segments, run.num_rows, progress)
         folded = fold.result(run.num_rows)
         aum = folded.signals["aum"]
@@ -324,7 +324,7 @@ def id_scan(run: Run, client: Any = None) -> IdScan:
 
 def stream(
     run: Run,
-    universe: np.ndarray,
+    keys: np.ndarray,
     needs: frozenset[str],
     device: Any,
     block_bytes: int,
@@ -332,8 +332,9 @@ def stream(
     client: Any = None,
 ) -> Iterator[Segment]:
     """Every selected row through the kernel computing ``needs``: here, in measurement order,
-    or on the cluster of ``client``, in arrival order (a :class:`Fold` takes either)."""
-    ids = IdIndex(universe, run.id_kind)
+    or on the cluster of ``client``, in arrival order (a :class:`Fold` takes either). ``keys``:
+    the id universe as rows are read (:attr:`aum_replay.run.IdScan.index_keys`)."""
+    ids = IdIndex(keys, run.id_kind)
     if client is None:
         return _stream(run, ids, _kernel(device, needs), block_bytes, workers)
     from aum_replay import distributed
@@ -495,7 +496,7 @@ def read_segment(
     else:
         logits, targets = reader.read_arrays(start, stop, out=buffer)
     check_targets(targets, shard.num_classes, f"{shard.path} rows {start}:{stop}")
-    index = ids(reader.read_ids(start, stop))
+    index = ids(reader.read_id_keys(start, stop))  # string ids as UTF-8 keys: no str a row
     stats = kernel(logits, targets, shard.stored_dtype)
     margin = stats.get("margin")
     finite = None if margin is None else bool(np.isfinite(margin.sum()))  # here: one pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ from aum_replay.format import (
     list_lookalikes,
     list_shards,
     list_temporaries,
+    read_all_id_keys,
     read_all_ids,
     read_info,
 )
+from aum_replay.keys import Collision, HashIndex, unique_keys
 
 __all__ = [
     "EpochSummary",
@@ -194,6 +197,25 @@ class IdScan:
     """Per id of ``universe``, the number of epochs it appears in, when no epoch holds an id
     twice (then every row counts, whatever the duplicates policy); else ``None``, as for ids that
     are not dense integers, where finding out would cost a sort."""
+    keys: np.ndarray | None = None
+    """String ids: the universe as the replay reads ids (their UTF-8 bytes, a fixed-width ``S``
+    array, see :meth:`~aum_replay.format.ShardReader.read_id_keys`), in the same order; ``None``
+    for int ids. Mapping keys costs no Python object per row."""
+
+    @property
+    def index_keys(self) -> np.ndarray:
+        """What an :class:`IdIndex` over this run is built from (see ``keys``)."""
+        return self.universe if self.keys is None else self.keys
+
+
+def decode_keys(keys: np.ndarray) -> np.ndarray:
+    """String ids (a numpy unicode array) from their sorted UTF-8 keys (same order)."""
+    if not len(keys):
+        return np.zeros(0, dtype=np.str_)
+    try:
+        return keys.astype(f"U{keys.dtype.itemsize}")  # ASCII ids: a C cast, 5x decode's speed
+    except UnicodeDecodeError:
+        return np.char.decode(keys, "utf-8")
 
 
 def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
@@ -205,6 +227,11 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
     read) is stamped with the epoch it was last seen in, and an epoch whose distinct stamps are
     fewer than its rows held an id twice.
     """
+    if id_kind == "str":
+        try:
+            return _scan_string_keys(shards)
+        except Collision:  # two ids with one hash: sort the bytes instead (below)
+            pass
     uniques: list[np.ndarray] = []
     stamp: np.ndarray | None = None  # int ids: last epoch ordinal seen, over [low, low + len)
     appearances: np.ndarray | None = None
@@ -212,10 +239,10 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
     clean = True
     epoch_rows = ordinal = rows_seen = 0
     for k, info in enumerate(shards):
-        ids = read_all_ids(info)
+        ids = read_all_id_keys(info)
         if len(ids) and id_kind == "str":
             appearances = None
-            uniques.append(_sorted_unique(ids.astype(np.str_)))
+            uniques.append(_sorted_unique(ids))  # UTF-8 keys: sorted as the strings are
         elif len(ids):
             lo, hi = int(ids.min()), int(ids.max())
             rows_seen += len(ids)
@@ -254,10 +281,45 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
         uniques.append(present.astype(np.int64) + low)
     if not uniques:
         empty = np.zeros(0, dtype=np.int64 if id_kind == "int" else np.str_)
-        return IdScan(empty, np.zeros(0, dtype=np.int64) if clean else None)
+        keys = None if id_kind == "int" else np.zeros(0, dtype="S1")
+        return IdScan(empty, np.zeros(0, dtype=np.int64) if clean else None, keys)
     if len(uniques) == 1 and stamp is not None:
         return IdScan(uniques[0], appearances if clean else None)
-    return IdScan(_sorted_unique(np.concatenate(uniques)), None)
+    universe = _sorted_unique(np.concatenate(uniques))
+    if id_kind == "str":
+        return IdScan(decode_keys(universe), None, universe)
+    return IdScan(universe, None)
+
+
+def _scan_string_keys(shards: Sequence[ShardInfo]) -> IdScan:
+    """:func:`scan_ids` of string ids by their hashes (:mod:`aum_replay.keys`): each shard's
+    distinct ids, each epoch's (an epoch holds an id twice if it has fewer distinct ids than
+    rows), merged into the run's with the number of epochs each appears in. Sorts integers,
+    but the universe itself once. Raises :class:`~aum_replay.keys.Collision`."""
+    keys = np.zeros(0, dtype="S1")
+    hashes = np.zeros(0, dtype=np.uint64)
+    epochs = np.zeros(0, dtype=np.int64)  # per distinct id so far: epochs it appears in
+    clean = True
+    parts: list[np.ndarray] = []
+    rows = 0
+    for k, info in enumerate(shards):
+        ids = read_all_id_keys(info)
+        if len(ids):
+            parts.append(ids)
+            rows += len(ids)
+        if parts and (k + 1 == len(shards) or shards[k + 1].epoch != info.epoch):
+            distinct, h = unique_keys(np.concatenate(parts))  # the epoch's ids
+            clean = clean and len(distinct) == rows
+            every = np.concatenate([keys, distinct])
+            every_hash = np.concatenate([hashes, h])
+            seen = np.concatenate([epochs, np.ones(len(distinct), dtype=np.int64)])
+            keys, hashes = unique_keys(every, every_hash)
+            group = np.searchsorted(hashes, every_hash)  # each entry's id in the merge
+            epochs = np.bincount(group, weights=seen, minlength=len(keys)).astype(np.int64)
+            parts, rows = [], 0
+    order = np.argsort(keys)  # UTF-8 bytes sort as the code points do
+    universe = keys[order]
+    return IdScan(decode_keys(universe), epochs[order] if clean else None, universe)
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -285,6 +347,10 @@ class IdIndex:
         self._lut: np.ndarray | None = None
         self._low = 0
         self._consecutive = False
+        self._hashed: HashIndex | None = None
+        if id_kind == "str" and universe.dtype.kind == "S":  # UTF-8 keys: look up by hash
+            with suppress(Collision):
+                self._hashed = HashIndex(universe)
         if id_kind == "int" and len(universe):
             low, high = int(universe[0]), int(universe[-1])
             self._low = low
@@ -295,6 +361,11 @@ class IdIndex:
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """Dense index of each id, shape (B,) ``int64`` (``ids`` itself when they are 0..N-1)."""
+        if self._hashed is not None and ids.dtype.kind == "S":
+            index = self._hashed(ids)
+            if index is None:
+                raise InputError("sample id not in the run's id universe")  # pragma: no cover
+            return index
         if not self._consecutive and self._lut is None:
             return index_of(self.universe, ids, self.id_kind)
         offset = np.asarray(ids, dtype=np.int64)
@@ -314,7 +385,7 @@ class IdIndex:
 
 def index_of(universe: np.ndarray, ids: np.ndarray, id_kind: str) -> np.ndarray:
     """Dense index of each id in the sorted ``universe``, shape (B,) ``int64``."""
-    if id_kind == "str":
+    if id_kind == "str" and ids.dtype.kind != "S":  # UTF-8 keys match keys as they are
         ids = ids.astype(np.str_)
     index = np.searchsorted(universe, ids)
     if len(index) and (index.max() >= len(universe) or not (universe[index] == ids).all()):

@@ -1,0 +1,121 @@
+"""String sample ids as numbers: a 64-bit hash of each id's UTF-8 key, checked, never trusted.
+
+A replay of string ids reads them as fixed-width UTF-8 keys (``S`` arrays,
+:meth:`aum_replay.format.ShardReader.read_id_keys`). Sorting and binary-searching such keys
+compares bytes: ~10x the cost of the same on integers. Here each key is hashed to a ``uint64``
+(vectorised over the key's 8-byte words), so that distinct-id scans sort integers and a block's
+ids map to the universe by a search among integers. A hash is only a shortcut: every lookup
+compares the keys themselves, and two distinct ids with one hash (odds ~N^2 / 2^65) make the
+callers fall back to comparing bytes (:class:`HashIndex` raises :class:`Collision`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Collision", "HashIndex", "hash_keys", "unique_keys"]
+
+_MULTIPLY = np.uint64(0xFF51AFD7ED558CCD)
+_SEED = np.uint64(0x9E3779B97F4A7C15)
+_SHIFT = np.uint64(33)
+
+
+class Collision(Exception):
+    """Two distinct keys have the same hash: compare bytes instead."""
+
+
+def hash_keys(keys: np.ndarray) -> np.ndarray:
+    """A ``uint64`` hash of each key of an ``S`` array, independent of the array's width.
+
+    Keys hold no NUL byte (the logger refuses ids with one), so the zero words that pad a short
+    key in a wide array are skipped: ``b"ab"`` hashes alike in ``S2`` and in ``S20``.
+    """
+    n, width = len(keys), keys.dtype.itemsize
+    words = -(-width // 8)
+    raw = keys.view(np.uint8).reshape(n, width)
+    if width % 8:
+        padded = np.zeros((n, words * 8), dtype=np.uint8)
+        padded[:, :width] = raw
+        raw = padded
+    columns = raw.view("<u8").reshape(n, words)
+    h = np.full(n, _SEED, dtype=np.uint64)
+    for j in range(words):
+        word = columns[:, j]
+        mixed = (h ^ word) * _MULTIPLY
+        mixed ^= mixed >> _SHIFT
+        h = np.where(word != 0, mixed, h) if j else mixed
+    return h
+
+
+def unique_keys(
+    keys: np.ndarray, hashes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys of ``keys`` (in hash order) and their hashes, sorted.
+
+    Raises :class:`Collision` when two distinct keys share a hash.
+    """
+    h = hash_keys(keys) if hashes is None else hashes
+    order = np.argsort(h)
+    h = h[order]
+    first = np.ones(len(h), dtype=bool)
+    first[1:] = h[1:] != h[:-1]
+    group = np.cumsum(first) - 1
+    ordered = keys[order]
+    distinct = ordered[first]
+    if not (ordered == distinct[group]).all():
+        raise Collision
+    return distinct, h[first]
+
+
+class HashIndex:
+    """Dense index of keys in a sorted ``universe`` of distinct keys, by hash.
+
+    An open-addressing table of at least twice as many slots as keys, filled and probed
+    (linear probing) for all keys of a block at once: a lookup is one or two gathers a key.
+    Raises :class:`Collision` on construction when two universe keys share a hash.
+    """
+
+    def __init__(self, universe: np.ndarray) -> None:
+        self.universe = universe
+        n = len(universe)
+        self._hashes = hash_keys(universe)
+        ordered = np.sort(self._hashes)
+        if n > 1 and (ordered[1:] == ordered[:-1]).any():
+            raise Collision
+        bits = max(4, (2 * n - 1).bit_length())
+        self._mask = (1 << bits) - 1
+        self._shift = np.uint64(64 - bits)
+        self._table = np.full(1 << bits, -1, dtype=np.int64)
+        slot = self._slots(self._hashes)
+        pending = np.arange(n)
+        while len(pending):
+            free = pending[self._table[slot[pending]] < 0]
+            _, first = np.unique(slot[free], return_index=True)  # one key a free slot
+            placed = free[first]
+            self._table[slot[placed]] = placed
+            waiting = np.ones(n, dtype=bool)
+            waiting[placed] = False
+            pending = pending[waiting[pending]]
+            slot[pending] = (slot[pending] + 1) & self._mask
+
+    def _slots(self, h: np.ndarray) -> np.ndarray:
+        return (h >> self._shift).astype(np.int64)
+
+    def __call__(self, keys: np.ndarray) -> np.ndarray | None:
+        """The index of each key (B,) ``int64``, or ``None`` if some key is not in the universe."""
+        if not len(keys):
+            return np.zeros(0, dtype=np.int64)
+        h = hash_keys(keys)
+        slot = self._slots(h)
+        index = self._table[slot]
+        todo = np.flatnonzero((index < 0) | (self._hashes[index] != h))
+        while len(todo):  # the few keys whose slot another key took first: probe on
+            slot[todo] = (slot[todo] + 1) & self._mask
+            found = self._table[slot[todo]]
+            if (found < 0).any():
+                return None  # an empty slot before the key: not in the universe
+            index[todo] = found
+            todo = todo[self._hashes[found] != h[todo]]
+        if not (self.universe[index] == keys).all():
+            return None
+        return index

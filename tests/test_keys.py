@@ -1,0 +1,75 @@
+"""String ids by hash (aum_replay.keys): lookups are checked against the keys, collisions fall
+back to comparing bytes, and a replay of string ids is the same either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aum_replay import LogitLogger, compute, keys
+from aum_replay.csvout import FULL_NAME, VALUES_NAME
+from aum_replay.keys import Collision, HashIndex, hash_keys, unique_keys
+from aum_replay.run import open_run, scan_ids
+
+ids = st.text(st.characters(blacklist_characters="\x00"), min_size=0, max_size=20)
+
+
+@given(st.lists(ids, min_size=1, max_size=40))
+def test_hashes_do_not_depend_on_the_array_width(values: list[str]) -> None:
+    narrow = np.array([v.encode() for v in values], dtype=np.bytes_)
+    wide = narrow.astype(f"S{narrow.dtype.itemsize + 11}")
+    assert np.array_equal(hash_keys(narrow), hash_keys(wide))
+
+
+@given(st.lists(ids, min_size=1, max_size=60))
+def test_unique_keys_and_the_index_agree_with_sorting_the_strings(values: list[str]) -> None:
+    raw = np.array([v.encode() for v in values], dtype=np.bytes_)
+    distinct, hashes = unique_keys(raw)
+    assert sorted(distinct.tolist()) == sorted(set(raw.tolist()))
+    assert np.array_equal(hashes, np.sort(hashes))
+    universe = np.sort(distinct)
+    index = HashIndex(universe)(raw)
+    assert index is not None and np.array_equal(universe[index], raw)
+    assert HashIndex(universe)(np.array([b"\x01not there"])) is None
+
+
+def test_a_collision_is_detected_not_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keys, "hash_keys", lambda k: np.zeros(len(k), dtype=np.uint64))
+    with pytest.raises(Collision):
+        unique_keys(np.array([b"a", b"b"]))
+    with pytest.raises(Collision):
+        HashIndex(np.array([b"a", b"b"]))
+
+
+def record(run: Path) -> Path:
+    rng = np.random.default_rng(1)
+    names = [f"id-{i}-{'é' * (i % 3)}" for i in range(80)]
+    with LogitLogger(run, rank=0, world_size=1) as logger:
+        for epoch in range(3):
+            order = [*rng.permutation(80).tolist(), 0, 1]  # two ids twice: not a clean run
+            batch = [names[i] for i in order]
+            logits = torch.from_numpy(rng.standard_normal((len(batch), 5)).astype(np.float32))
+            logger.log(logits, [i % 5 for i in order], batch, epoch=epoch)
+            logger.end_epoch()
+    return run
+
+
+def test_a_replay_is_the_same_when_every_hash_collides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = record(tmp_path / "run")
+    opened = open_run(run, None)
+    scan = scan_ids(opened.shards, "str")
+    assert scan.appearances is None  # the repeated ids were seen
+    compute(run, tmp_path / "hashed")
+    monkeypatch.setattr(keys, "hash_keys", lambda k: np.zeros(len(k), dtype=np.uint64))
+    fallback = scan_ids(opened.shards, "str")
+    assert np.array_equal(fallback.universe, scan.universe)
+    compute(run, tmp_path / "bytes")
+    for name in (VALUES_NAME, FULL_NAME):
+        assert (tmp_path / "hashed" / name).read_bytes() == (tmp_path / "bytes" / name).read_bytes()
