@@ -50,6 +50,7 @@ from aum_replay.demo import DemoConfig, detection_scores, load_digits_data, make
 RECIPES = {
     "std": DemoConfig(),
     "mem": DemoConfig(epochs=60, hidden=256, lr=0.05),
+    "wide": DemoConfig(epochs=40, hidden=128, lr=0.02),  # not in the grid: for checks of your own
 }
 
 SETTINGS = [
@@ -84,6 +85,15 @@ def load(dataset: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = make_classification(
             n_samples=4000, n_features=40, n_informative=30, n_redundant=0, n_classes=20,
             n_clusters_per_class=1, class_sep=2.0, random_state=0,
+        )  # fmt: skip
+        x = (x - x.mean(axis=0)) / x.std(axis=0)
+        return x.astype(np.float32), y.astype(np.int64)
+    if dataset == "synth8":  # not in the grid: for checks of your own
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(
+            n_samples=3000, n_features=20, n_informative=15, n_redundant=2, n_classes=8,
+            n_clusters_per_class=2, class_sep=2.5, random_state=1,
         )  # fmt: skip
         x = (x - x.mean(axis=0)) / x.std(axis=0)
         return x.astype(np.float32), y.astype(np.int64)

@@ -55,7 +55,8 @@ def cuts(aum: np.ndarray, thr: np.ndarray) -> dict[str, float]:
     out["gmm"] = gmm_cut(s, t, False)
     out["gmm-ef1"] = gmm_cut(s, t, True)
     out["max"] = max(out["gmm-ef1"], out["ef1"])
-    out["default"] = mixture_f1_cut(s, t)[0]
+    out["mixture"] = mixture_f1_cut(s, t)[0]
+    out["default"] = mixture_f1_cut(s, t, cap=out["paper"])[0]
     return out
 
 
