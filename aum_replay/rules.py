@@ -144,7 +144,8 @@ def mixture_f1_cut(
         The cut (``-inf`` when nothing is flagged), the mislabeled fraction (the sum of the
         posteriors over the scored samples) and the expected F1 at the cut.
     """
-    return _mixture_cut(scored_aums, threshold_aums, cap, iterations)[:3]
+    alpha, pi, f1, _ = _mixture_cut(scored_aums, threshold_aums, cap, iterations)
+    return alpha, pi, f1
 
 
 class CappedCut(NamedTuple):
@@ -161,44 +162,57 @@ class CappedCut(NamedTuple):
 
 
 def capped_mixture_cut(
-    scored_aums: Any, threshold_aums: Any, *, percentile: float = 99.0
+    scored_aums: Any, threshold_aums: Any, *, percentile: float = 99.0, iterations: int = 500
 ) -> CappedCut:
     """The default rule (``flag --rule f1``): :func:`mixture_f1_cut` capped at the paper's alpha.
 
-    The cap is :func:`aum_replay.threshold.threshold_alpha` of the threshold AUMs at
-    ``percentile`` (SPEC section 5), computed on the same AUMs (the same epochs).
+    The cap is the paper rule's alpha, :func:`aum_replay.threshold.threshold_alpha` of the
+    threshold AUMs at ``percentile`` (SPEC section 5), on the same AUMs (the same epochs): a
+    sample above it is above 99% of the samples known to be mislabeled. The cap binds when the
+    clean AUMs' left tail (hard clean samples) is heavier than a Gaussian's and the mixture's
+    lower component swallows part of it, so the share is over-estimated (README "How flag
+    chooses the cut-off").
     """
     cap = threshold_alpha(threshold_aums, percentile)
-    return CappedCut(*_mixture_cut(scored_aums, threshold_aums, cap, 500))
+    return _mixture_cut(scored_aums, threshold_aums, cap, iterations)
 
 
 def _mixture_cut(
     scored_aums: Any, threshold_aums: Any, cap: float | None, iterations: int
-) -> tuple[float, float, float, bool]:
+) -> CappedCut:
     s = np.sort(_finite(scored_aums, "scored sample"))
     t = _finite(threshold_aums, "threshold sample")
     if len(s) < 2 or s[0] == s[-1]:
-        return float("-inf"), 0.0, 0.0, False
-    p = _lower_posterior(s, float(np.median(t)), iterations)
+        return CappedCut(float("-inf"), 0.0, 0.0, False)
+    return _cut(s, _fit(s, *_median_start(s, float(np.median(t))), iterations), cap)
+
+
+def _cut(s: np.ndarray, p: np.ndarray, cap: float | None) -> CappedCut:
+    """The best expected-F1 cut of the sorted AUMs ``s`` with posteriors ``p``, at most ``cap``."""
     f1 = 2.0 * np.cumsum(p) / (np.arange(1, len(s) + 1) + p.sum())
     best = int(np.argmax(f1))
     if cap is not None:
         allowed = int(np.searchsorted(s, cap, side="right"))
         if best >= allowed:  # the cap binds
             if allowed == 0:
-                return float("-inf"), float(p.mean()), 0.0, True
+                return CappedCut(float("-inf"), float(p.mean()), 0.0, True)
             best = int(np.argmax(f1[:allowed]))
-            return float(s[best]), float(p.mean()), float(f1[best]), True
-    return float(s[best]), float(p.mean()), float(f1[best]), False
+            return CappedCut(float(s[best]), float(p.mean()), float(f1[best]), True)
+    return CappedCut(float(s[best]), float(p.mean()), float(f1[best]), False)
 
 
-def _lower_posterior(s: np.ndarray, start: float, iterations: int) -> np.ndarray:
-    """EM for a two-Gaussian mixture of the sorted AUMs ``s``; the lower component's posteriors."""
+def _median_start(s: np.ndarray, start: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mixture_f1_cut's start: the lower component at ``start``, spreads half the data's."""
     upper = s[s > start]
     mu = np.array([start, float(np.median(upper)) if len(upper) else float(s[-1])])
+    return mu, np.full(2, float(s.std()) / 2.0), np.array([0.3, 0.7])
+
+
+def _fit(
+    s: np.ndarray, mu: np.ndarray, sd: np.ndarray, weight: np.ndarray, iterations: int
+) -> np.ndarray:
+    """EM for a two-Gaussian mixture of the sorted AUMs ``s``; the lower component's posteriors."""
     floor = 1e-6 * float(s.std())
-    sd = np.full(2, float(s.std()) / 2.0)
-    weight = np.array([0.3, 0.7])
     previous = -np.inf
     for _ in range(iterations):
         log = np.log(weight) - np.log(sd) - 0.5 * ((s[:, None] - mu) / sd) ** 2
