@@ -6,7 +6,8 @@ the runs with the rule of :mod:`aum_replay.threshold`. The rules (``rule=``):
 
 ``"f1"`` (default)
     A two-component mixture of the scored AUMs, started at the threshold samples, cut where the
-    expected F1 is largest (:func:`aum_replay.rules.mixture_f1_cut`), with ``epochs="auto"``;
+    expected F1 is largest but never above the paper rule's alpha on the same epochs
+    (:func:`aum_replay.rules.capped_mixture_cut`), with ``epochs="auto"``;
     README "How flag chooses the cut-off" has the evidence.
 ``"paper"``
     SPEC section 5 exactly: alpha = the ``percentile`` (99) of the threshold AUMs, all epochs
@@ -45,7 +46,7 @@ from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import ComputeResult, compute
-from aum_replay.rules import mixture_f1_cut, replication_alpha
+from aum_replay.rules import capped_mixture_cut, replication_alpha
 from aum_replay.run import open_run
 from aum_replay.threshold import combine_flags, flag_run, fraction_alpha, threshold_alpha
 
@@ -103,6 +104,9 @@ class RunFlags:
     noise_estimate, expected_f1
         Rule ``"f1"`` only: the estimated mislabeled fraction of the scored samples and the
         expected F1 at the cut (``None`` otherwise).
+    capped
+        Rule ``"f1"`` only: ``True`` when the mixture's cut was above the paper rule's alpha on
+        the same epochs (the ``percentile`` of the threshold AUMs), so the paper rule's was used.
     auto
         With ``epochs="auto"``: the :class:`~aum_replay.auto_epochs.AutoEpochs` decision (the
         memorisation point and the threshold samples' median margin per epoch).
@@ -121,6 +125,7 @@ class RunFlags:
     rule: str | None = None
     noise_estimate: float | None = None
     expected_f1: float | None = None
+    capped: bool | None = None
     auto: AutoEpochs | None = field(default=None, repr=False)
 
     @property
@@ -212,12 +217,12 @@ def flag(
         missing); ``None`` writes nothing.
     rule
         How each run's alpha comes from its threshold samples: ``"f1"`` (default: the expected-F1
-        cut), ``"paper"`` (SPEC section 5, the ``percentile``) or ``"replication"`` (flag when
-        more than 1% of the threshold AUMs are strictly greater). Ignored with ``alpha`` or
-        ``fraction``.
+        cut, capped at the paper rule's), ``"paper"`` (SPEC section 5, the ``percentile``) or
+        ``"replication"`` (flag when more than 1% of the threshold AUMs are strictly greater).
+        Ignored with ``alpha`` or ``fraction``.
     percentile
         Rule ``"paper"``: alpha = this percentile of each run's threshold-sample AUMs; default 99
-        (the paper).
+        (the paper). Rule ``"f1"``: the same alpha caps the mixture's cut.
     epochs
         Epoch selection applied to every run (see :mod:`aum_replay.epochs`), or ``"auto"``: per
         run, the epochs up to the threshold samples' memorisation point
@@ -350,6 +355,7 @@ def flag(
         source: AlphaSource
         used: str | None = None
         noise = expected = None
+        capped: bool | None = None
         if alpha is not None:
             cut, source = float(alpha), "alpha"
         elif fraction is not None:
@@ -362,7 +368,10 @@ def flag(
                 elif rule == "replication":
                     cut = replication_alpha(aum[r, is_thr[r]])
                 else:
-                    cut, noise, expected = mixture_f1_cut(aum[r, scored], aum[r, is_thr[r]])
+                    # capped at the paper rule's cut on the same epochs (README: why)
+                    cut, noise, expected, capped = capped_mixture_cut(
+                        aum[r, scored], aum[r, is_thr[r]], percentile=percentile
+                    )
             except InputError as exc:
                 raise InputError(f"{result.run_dir}: {exc}") from None
         flags[r] = flag_run(aum[r], is_thr[r], cut) & present[r]
@@ -381,6 +390,7 @@ def flag(
                 rule=used,
                 noise_estimate=noise,
                 expected_f1=expected,
+                capped=capped,
                 auto=decisions[r],
             )
         )
@@ -451,6 +461,7 @@ def flag(
                     "memorisation_epoch": rf.auto.turn if rf.auto else None,
                     "noise_estimate": rf.noise_estimate,
                     "expected_f1": rf.expected_f1,
+                    "capped_at_paper_cut": rf.capped,
                     "num_threshold": rf.num_threshold,
                     "num_flagged": rf.num_flagged,
                 }

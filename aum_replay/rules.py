@@ -14,20 +14,29 @@ flagged when its AUM ``<= alpha``, as in SPEC section 5. numpy only.
 ``f1`` (the default)
     Fit a two-component Gaussian mixture to the scored samples' AUMs by EM, the mislabeled
     component started at the threshold samples' median, and place the cut where the expected F1
-    under the fitted posteriors is largest (:func:`mixture_f1_cut`). Why this one and not the
+    under the fitted posteriors is largest, never above the paper rule's alpha on the same
+    epochs (:func:`capped_mixture_cut`). Why this one and not the
     threshold-anchored estimate (:func:`expected_f1_cut`, kept for comparison): the README's
     "How flag chooses the cut-off".
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from aum_replay.errors import InputError
+from aum_replay.threshold import threshold_alpha
 
-__all__ = ["estimate_noise_fraction", "expected_f1_cut", "mixture_f1_cut", "replication_alpha"]
+__all__ = [
+    "CappedCut",
+    "capped_mixture_cut",
+    "estimate_noise_fraction",
+    "expected_f1_cut",
+    "mixture_f1_cut",
+    "replication_alpha",
+]
 
 
 def _finite(values: Any, what: str) -> np.ndarray:
@@ -106,7 +115,11 @@ def expected_f1_cut(scored_aums: Any, threshold_aums: Any) -> tuple[float, float
 
 
 def mixture_f1_cut(
-    scored_aums: Any, threshold_aums: Any, *, iterations: int = 500
+    scored_aums: Any,
+    threshold_aums: Any,
+    *,
+    cap: float | None = None,
+    iterations: int = 500,
 ) -> tuple[float, float, float]:
     """The default cut: a two-component mixture of the scored AUMs, cut at the best expected F1.
 
@@ -115,26 +128,91 @@ def mixture_f1_cut(
     median of the scored AUMs above it, both spreads at half the scored spread and ``pi = 0.3``.
     With ``p_i`` the posterior that sample i belongs to the lower component, flagging the k
     lowest AUMs has expected F1 ``2 * sum_{j<=k} p_(j) / (k + sum_i p_i)``; the cut is the AUM
-    of the k that maximises it. Unlike :func:`expected_f1_cut` this does not assume that the
-    mislabeled samples' AUMs are distributed like the threshold samples' (they are not under
-    class-dependent noise, where the network half-learns the flip).
+    of the k that maximises it, among the scored AUMs ``<= cap`` when a cap is given. Unlike
+    :func:`expected_f1_cut` this does not assume that the mislabeled samples' AUMs are
+    distributed like the threshold samples' (they are not under class-dependent noise, where the
+    network half-learns the flip).
+
+    ``cap`` is how ``flag``'s default uses it: the paper rule's alpha (the 99th percentile of the
+    threshold AUMs) on the same epochs. A sample above it is above 99% of the samples known to
+    be mislabeled; the mixture puts its cut there only when the clean AUMs' left tail (hard
+    clean samples) is heavier than a Gaussian's and the lower component swallows it.
 
     Returns
     -------
     alpha, pi, f1 : float
-        The cut, the mislabeled fraction (the sum of the posteriors over the scored samples) and
-        the expected F1 at the cut.
+        The cut (``-inf`` when nothing is flagged), the mislabeled fraction (the sum of the
+        posteriors over the scored samples) and the expected F1 at the cut.
     """
+    alpha, pi, f1, _ = _mixture_cut(scored_aums, threshold_aums, cap, iterations)
+    return alpha, pi, f1
+
+
+class CappedCut(NamedTuple):
+    """The default rule's cut for one run (:func:`capped_mixture_cut`)."""
+
+    alpha: float
+    """The cut: scored samples with ``aum <= alpha`` are flagged (``-inf``: none)."""
+    noise: float
+    """The mixture's mislabeled fraction of the scored samples."""
+    expected_f1: float
+    """The mixture's expected F1 at ``alpha``."""
+    capped: bool
+    """Whether the paper rule's alpha was lower than the mixture's cut and so set ``alpha``."""
+
+
+def capped_mixture_cut(
+    scored_aums: Any, threshold_aums: Any, *, percentile: float = 99.0, iterations: int = 500
+) -> CappedCut:
+    """The default rule (``flag --rule f1``): :func:`mixture_f1_cut` capped at the paper's alpha.
+
+    The cap is the paper rule's alpha, :func:`aum_replay.threshold.threshold_alpha` of the
+    threshold AUMs at ``percentile`` (SPEC section 5), on the same AUMs (the same epochs): a
+    sample above it is above 99% of the samples known to be mislabeled. The cap binds when the
+    clean AUMs' left tail (hard clean samples) is heavier than a Gaussian's and the mixture's
+    lower component swallows part of it, so the share is over-estimated (README "How flag
+    chooses the cut-off").
+    """
+    cap = threshold_alpha(threshold_aums, percentile)
+    return _mixture_cut(scored_aums, threshold_aums, cap, iterations)
+
+
+def _mixture_cut(
+    scored_aums: Any, threshold_aums: Any, cap: float | None, iterations: int
+) -> CappedCut:
     s = np.sort(_finite(scored_aums, "scored sample"))
     t = _finite(threshold_aums, "threshold sample")
     if len(s) < 2 or s[0] == s[-1]:
-        return float("-inf"), 0.0, 0.0
-    start = float(np.median(t))
+        return CappedCut(float("-inf"), 0.0, 0.0, False)
+    return _cut(s, _fit(s, *_median_start(s, float(np.median(t))), iterations), cap)
+
+
+def _cut(s: np.ndarray, p: np.ndarray, cap: float | None) -> CappedCut:
+    """The best expected-F1 cut of the sorted AUMs ``s`` with posteriors ``p``, at most ``cap``."""
+    f1 = 2.0 * np.cumsum(p) / (np.arange(1, len(s) + 1) + p.sum())
+    best = int(np.argmax(f1))
+    if cap is not None:
+        allowed = int(np.searchsorted(s, cap, side="right"))
+        if best >= allowed:  # the cap binds
+            if allowed == 0:
+                return CappedCut(float("-inf"), float(p.mean()), 0.0, True)
+            best = int(np.argmax(f1[:allowed]))
+            return CappedCut(float(s[best]), float(p.mean()), float(f1[best]), True)
+    return CappedCut(float(s[best]), float(p.mean()), float(f1[best]), False)
+
+
+def _median_start(s: np.ndarray, start: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """mixture_f1_cut's start: the lower component at ``start``, spreads half the data's."""
     upper = s[s > start]
     mu = np.array([start, float(np.median(upper)) if len(upper) else float(s[-1])])
+    return mu, np.full(2, float(s.std()) / 2.0), np.array([0.3, 0.7])
+
+
+def _fit(
+    s: np.ndarray, mu: np.ndarray, sd: np.ndarray, weight: np.ndarray, iterations: int
+) -> np.ndarray:
+    """EM for a two-Gaussian mixture of the sorted AUMs ``s``; the lower component's posteriors."""
     floor = 1e-6 * float(s.std())
-    sd = np.full(2, float(s.std()) / 2.0)
-    weight = np.array([0.3, 0.7])
     previous = -np.inf
     for _ in range(iterations):
         log = np.log(weight) - np.log(sd) - 0.5 * ((s[:, None] - mu) / sd) ** 2
@@ -151,8 +229,4 @@ def mixture_f1_cut(
         if likelihood - previous < 1e-9 * abs(likelihood):
             break
         previous = likelihood
-    p = post[:, int(np.argmin(mu))]
-    tp = np.cumsum(p)
-    f1 = 2.0 * tp / (np.arange(1, len(s) + 1) + p.sum())
-    best = int(np.argmax(f1))
-    return float(s[best]), float(p.mean()), float(f1[best])
+    return np.asarray(post[:, int(np.argmin(mu))])

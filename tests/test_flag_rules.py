@@ -60,6 +60,19 @@ def test_default_is_rule_f1_with_auto_epochs(memorised: Path, tmp_path: Path) ->
     assert summary["runs"][0]["epochs"] == run.epochs_spec
     assert summary["runs"][0]["memorisation_epoch"] == run.auto.turn
     assert summary["runs"][0]["noise_estimate"] == pytest.approx(run.noise_estimate)
+    assert summary["runs"][0]["capped_at_paper_cut"] is False
+
+
+def test_default_never_flags_above_the_paper_cut_on_its_epochs(memorised: Path) -> None:
+    default = flag(memorised)
+    run = default.runs[0]
+    paper = flag(memorised, rule="paper", epochs=run.epochs_spec)
+    assert run.alpha <= paper.runs[0].alpha
+    assert set(default.flagged_ids) <= set(paper.flagged_ids)
+    assert run.capped is False  # two clear bumps: the mixture's own cut
+    tight = flag(memorised, percentile=50.0)  # a cap inside the threshold samples binds
+    assert tight.runs[0].capped is True
+    assert set(tight.flagged_ids) < set(default.flagged_ids)
 
 
 def test_paper_rule_counts_all_epochs_and_warns_when_over_half(memorised: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from aum_replay import InputError
 from aum_replay.rules import (
+    capped_mixture_cut,
     estimate_noise_fraction,
     expected_f1_cut,
     mixture_f1_cut,
@@ -84,6 +87,46 @@ def test_mixture_cut_is_a_scored_aum_and_handles_degenerate_input() -> None:
     assert mixture_f1_cut(np.ones(10), [0.0]) == (float("-inf"), 0.0, 0.0)
     with pytest.raises(InputError, match="scored sample"):
         mixture_f1_cut([np.nan], [0.0])
+
+
+def heavy_tailed(seed: int, n: int = 2000, pi: float = 0.2):
+    """Clean AUMs with a long left tail (hard clean samples), mislabeled ones a tight bump."""
+    rng = np.random.default_rng(seed)
+    k = round(pi * n)
+    truth = np.zeros(n, dtype=bool)
+    truth[:k] = True
+    clean = 3.0 - rng.gamma(1.0, 1.5, n)  # mode at 3, tail reaching below 0
+    aums = np.where(truth, rng.normal(-3.0, 0.5, n), clean)
+    threshold = rng.normal(-3.0, 0.5, 300)
+    return aums, truth, threshold
+
+
+def test_cap_stops_a_heavy_clean_tail_from_being_flagged() -> None:
+    aums, truth, threshold = heavy_tailed(11)
+    cap = float(np.percentile(threshold, 99))
+    free, _, _ = mixture_f1_cut(aums, threshold)
+    capped, _, expected = mixture_f1_cut(aums, threshold, cap=cap)
+    assert free > cap  # the Gaussian's lower component swallows part of the tail
+    assert capped <= cap and capped in set(aums.tolist())
+    assert f1(aums <= capped, truth) > f1(aums <= free, truth) + 0.05
+    assert f1(aums <= capped, truth) > 0.9
+    assert 0.0 < expected <= 1.0
+    default = capped_mixture_cut(aums, threshold)  # flag's default: the cap is the paper's alpha
+    assert default.capped and default.alpha == capped
+    bumps, _ = mixture(14)  # two clear bumps, the threshold samples' top beyond the valley
+    assert not capped_mixture_cut(bumps, np.random.default_rng(15).normal(-3.0, 1.5, 300)).capped
+
+
+def test_cap_above_the_cut_changes_nothing_and_is_monotone() -> None:
+    aums, _ = mixture(12)
+    threshold = np.random.default_rng(13).normal(-3.0, 1.0, 300)
+    free = mixture_f1_cut(aums, threshold)
+    assert mixture_f1_cut(aums, threshold, cap=free[0]) == free
+    assert mixture_f1_cut(aums, threshold, cap=np.inf) == free
+    cuts = [mixture_f1_cut(aums, threshold, cap=c)[0] for c in np.linspace(-6.0, 6.0, 25)]
+    assert all(a <= b for a, b in itertools.pairwise(cuts))  # a higher cap never flags fewer
+    # a cap below every scored AUM flags nothing
+    assert mixture_f1_cut(aums, threshold, cap=float(aums.min()) - 1.0)[0] == float("-inf")
 
 
 def test_noise_fraction_estimate_is_an_upper_bound_when_shapes_match() -> None:

@@ -4,9 +4,11 @@ Settings (``NAME`` = dataset, recipe, noise kind and rate), each over several se
 
 - datasets: ``digits`` (scikit-learn's 1,797 8x8 digits, 10 classes), ``digits4`` (its classes
   0-3 only: few classes, threshold samples 20% of the data) and ``synth20`` (scikit-learn's
-  ``make_classification``: 4,000 samples, 40 features, 20 classes);
+  ``make_classification``: 4,000 samples, 40 features, 20 classes); outside the grid, for checks
+  of your own, ``synth8`` (3,000 samples, 20 features, 8 classes, 2 clusters per class);
 - recipes: ``std`` (the demo's MLP: 64 hidden units, SGD lr 0.01, momentum 0.9, 30 epochs) and
-  ``mem`` (a memorising one: 256 hidden units, lr 0.05, 60 epochs);
+  ``mem`` (a memorising one: 256 hidden units, lr 0.05, 60 epochs); outside the grid ``wide``
+  (128 hidden units, lr 0.02, 40 epochs);
 - noise: ``uniform`` (a flipped label becomes any other class), ``classflip`` (y -> y + 1 mod c)
   and ``pair`` (each class flips to one fixed other class, a seeded random derangement).
 
@@ -50,6 +52,7 @@ from aum_replay.demo import DemoConfig, detection_scores, load_digits_data, make
 RECIPES = {
     "std": DemoConfig(),
     "mem": DemoConfig(epochs=60, hidden=256, lr=0.05),
+    "wide": DemoConfig(epochs=40, hidden=128, lr=0.02),  # not in the grid: for checks of your own
 }
 
 SETTINGS = [
@@ -69,6 +72,18 @@ SETTINGS = [
 
 RULES = ("paper", "replication", "default")
 
+# scikit-learn make_classification arguments per synthetic dataset
+SYNTHETIC: dict[str, dict[str, Any]] = {
+    "synth20": {
+        "n_samples": 4000, "n_features": 40, "n_informative": 30, "n_redundant": 0,
+        "n_classes": 20, "n_clusters_per_class": 1, "class_sep": 2.0, "random_state": 0,
+    },
+    "synth8": {  # not in the grid: for checks of your own
+        "n_samples": 3000, "n_features": 20, "n_informative": 15, "n_redundant": 2,
+        "n_classes": 8, "n_clusters_per_class": 2, "class_sep": 2.5, "random_state": 1,
+    },
+}  # fmt: skip
+
 
 def load(dataset: str) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, F) float32, standardised, and labels (N,) int64."""
@@ -78,13 +93,10 @@ def load(dataset: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = load_digits_data()
         keep = y < 4
         return x[keep], y[keep]
-    if dataset == "synth20":
+    if dataset in SYNTHETIC:
         from sklearn.datasets import make_classification
 
-        x, y = make_classification(
-            n_samples=4000, n_features=40, n_informative=30, n_redundant=0, n_classes=20,
-            n_clusters_per_class=1, class_sep=2.0, random_state=0,
-        )  # fmt: skip
+        x, y = make_classification(**SYNTHETIC[dataset])
         x = (x - x.mean(axis=0)) / x.std(axis=0)
         return x.astype(np.float32), y.astype(np.int64)
     raise SystemExit(f"unknown dataset {dataset!r}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from aum_replay.auto_epochs import choose_epochs
 from aum_replay.rules import (
+    capped_mixture_cut,
     estimate_noise_fraction,
     expected_f1_cut,
     mixture_f1_cut,
@@ -55,7 +56,8 @@ def cuts(aum: np.ndarray, thr: np.ndarray) -> dict[str, float]:
     out["gmm"] = gmm_cut(s, t, False)
     out["gmm-ef1"] = gmm_cut(s, t, True)
     out["max"] = max(out["gmm-ef1"], out["ef1"])
-    out["default"] = mixture_f1_cut(s, t)[0]
+    out["mixture"] = mixture_f1_cut(s, t)[0]  # the default before capping (one start)
+    out["default"] = capped_mixture_cut(s, t).alpha
     return out
 
 
