@@ -505,7 +505,10 @@ class FlagRule(str, Enum):
 
 
 _RULE_TEXT = {
-    "f1": "two-component mixture of the AUMs started at the threshold samples, expected-F1 cut",
+    "f1": (
+        "two-component mixture of the AUMs started at the threshold samples, expected-F1 cut, "
+        "never above the paper rule's"
+    ),
     "paper": "SPEC section 5: a percentile of the threshold samples' AUMs",
     "replication": "the replication code's: more than 1% of threshold AUMs strictly greater",
     "alpha": "given alpha",
@@ -614,6 +617,8 @@ def flag_command(
                 f"mixture: {100 * (run.noise_estimate or 0.0):.1f}% mislabeled, expected F1 "
                 f"{run.expected_f1 or 0.0:.3f}; {run.num_threshold:,} threshold samples"
             )
+            if run.capped:
+                how += f"; cut capped at the paper rule's ({percentile:g}th percentile)"
         elif run.alpha_source == "fraction":
             how = f"lowest {fraction:g} of the run's samples"
         else:

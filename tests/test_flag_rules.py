@@ -135,3 +135,14 @@ def test_cli_rejects_a_bad_rule_and_epochs(memorised: Path, tmp_path: Path) -> N
     assert bad.exit_code == 2
     bad = runner.invoke(app, ["flag", str(memorised), "-o", str(tmp_path), "--epochs", "autox"])
     assert bad.exit_code == 2
+
+
+def test_the_summary_says_when_the_cut_was_capped(memorised: Path, tmp_path: Path) -> None:
+    free = runner.invoke(app, ["flag", str(memorised), "-o", str(tmp_path / "a")])
+    assert free.exit_code == 0, free.output
+    assert "never above the paper rule's" in free.stdout and "capped" not in free.stdout
+    tight = runner.invoke(
+        app, ["flag", str(memorised), "-o", str(tmp_path / "b"), "--percentile", "50"]
+    )
+    assert tight.exit_code == 0, tight.output
+    assert "cut capped at the paper rule's (50th percentile)" in tight.stdout
