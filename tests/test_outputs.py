@@ -244,17 +244,49 @@ def _size(path: Path) -> int:
 def test_ctrl_c_stops_promptly_and_writes_nothing(big_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     seed_old_outputs(out)
-    proc = subprocess.Popen(cli("compute", big_run, "-o", out), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    _wait_for(out / LOCK_NAME, proc)  # validated, now replaying
-    os.kill(proc.pid, signal.SIGSTOP)  # the interrupt lands while the replay is under way
-    os.kill(proc.pid, signal.SIGINT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(STOP_MID_REPLAY), "compute", str(big_run),
+         "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_until_stopped(proc)  # it stopped itself mid-replay, its worker threads mid-block
+    os.kill(proc.pid, signal.SIGINT)  # the interrupt lands while the replay is under way
     os.kill(proc.pid, signal.SIGCONT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout + stderr
     assert "done" not in stdout and "wrote" not in stdout
     assert stderr.strip() == "aum-replay: interrupted; no output was changed"
     assert snapshot(out) == {name: data for name, data in OLD.items()}
+
+
+#: The CLI, stopping itself (SIGSTOP) when the third block reaches the fold: a point inside the
+#: replay whatever the machine's speed, for a real Ctrl-C from outside to land on.
+STOP_MID_REPLAY = """
+import os, signal, sys
+from aum_replay import engine
+real_update = engine.Fold.update
+seen = []
+def update(self, seg):
+    seen.append(1)
+    if len(seen) == 3:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return real_update(self, seg)
+engine.Fold.update = update
+from aum_replay.cli import main
+sys.argv = ["aum-replay", *sys.argv[1:]]
+main()
+"""
+
+
+def _wait_until_stopped(proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "T":  # stopped
+            return
+        time.sleep(0.01)
+    raise AssertionError("the replay never reached its third block")
 
 
 @pytest.mark.slow
