@@ -1047,7 +1047,9 @@ def _read_info(path: Path) -> ShardInfo:
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    # Not st_dev: a Dask worker on another host sees the same shared file under another device
+    # number; the path fixes the filesystem, and a republished shard has a new inode and mtime.
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
