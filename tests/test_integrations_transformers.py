@@ -255,6 +255,11 @@ sys.stdout.write(f"rank {args.process_index} of {args.world_size} done\\n")
 sys.stdout.flush()
 if torch.distributed.is_initialized():  # a gloo group left to the interpreter's exit can abort
     torch.distributed.destroy_process_group()
+# Even so, the interpreter's teardown aborts now and then ("terminate called without an active
+# exception", SIGABRT) with torch 2.13's gloo under Trainer: 2 of 8 runs of this script without
+# the callback, so not ours. Everything is written and flushed by now: skip the teardown.
+import os
+os._exit(0)
 """
 
 
