@@ -34,6 +34,7 @@ __all__ = [
     "Stats",
     "block_margins",
     "block_stats",
+    "first_max",
     "loaded_torch",
     "margin_values",
     "mask_targets",
@@ -134,10 +135,7 @@ def block_margins(
     labels = labels.reshape(-1).astype(np.int64, copy=False)
     target_val = mask_targets(x, labels)
     if with_index:
-        # argmax takes the first of equal maxima and counts NaN as the maximum, as torch.max
-        # does; half precision is widened first (exact and order-preserving).
-        search = x.astype(np.float32) if x.dtype == np.float16 else x
-        other_logit = search.argmax(axis=1).astype(np.int64, copy=False)
+        other_logit = first_max(x)
         other_val = x[np.arange(len(x)), other_logit]
     else:
         other_logit = np.zeros(0, dtype=np.int64)
@@ -156,6 +154,13 @@ def mask_targets(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     target_val = flat[position]
     flat[position] = -np.inf
     return target_val
+
+
+def first_max(x: np.ndarray) -> np.ndarray:
+    """Index (``int64``, shape (B,)) of each row's first maximum, a NaN counting as the maximum,
+    as torch.max does; half precision is searched widened to float32 (exact, order-preserving)."""
+    search = x.astype(np.float32) if x.dtype == np.float16 else x
+    return search.argmax(axis=1).astype(np.int64, copy=False)
 
 
 def _difference(target_val: np.ndarray, other_val: np.ndarray, stored: str) -> np.ndarray:
@@ -223,10 +228,9 @@ def block_stats(x: np.ndarray, labels: np.ndarray, stored: str, needs: Iterable[
         x = np.ascontiguousarray(x)  # the flat view in mask_targets must alias x
     labels = labels.reshape(-1).astype(np.int64, copy=False)
     target = mask_targets(x, labels)
-    search = x.astype(np.float32) if x.dtype == np.float16 else x  # argmax order, exact
     other_logit = None
     if "other_logit" in needs:
-        other_logit = search.argmax(axis=1).astype(np.int64, copy=False)
+        other_logit = first_max(x)
         other = x[np.arange(len(x)), other_logit]
     else:
         other = row_max(x)
@@ -240,7 +244,7 @@ def block_stats(x: np.ndarray, labels: np.ndarray, stored: str, needs: Iterable[
     if other_logit is not None:
         out["other_logit"] = other_logit
     if "correct" in needs:
-        out["correct"] = _correct(target, other, other_logit, search, labels)
+        out["correct"] = _correct(target, other, other_logit, x, labels)
     if needs & _SOFTMAX:
         out.update(_softmax_stats(x, target, other, needs))
     return out
@@ -250,7 +254,7 @@ def _correct(
     target: np.ndarray,
     other: np.ndarray,
     other_logit: np.ndarray | None,
-    search: np.ndarray,
+    masked: np.ndarray,
     labels: np.ndarray,
 ) -> np.ndarray:
     """argmax(z) == y from the target logit and the largest other one (see block_stats).
@@ -261,7 +265,7 @@ def _correct(
     correct = (target > other).astype(np.float64)
     tied = np.flatnonzero(target == other)
     if len(tied):
-        first = other_logit[tied] if other_logit is not None else search[tied].argmax(axis=1)
+        first = other_logit[tied] if other_logit is not None else first_max(masked[tied])
         correct[tied] = labels[tied] <= first
     correct[np.isnan(target) | np.isnan(other)] = np.nan
     return correct

@@ -35,7 +35,7 @@ from aum_replay.kernels import STATS, Stats, _difference, block_stats, widen
 __all__ = ["SummaryBlock", "summarize", "summary_stats", "with_summaries"]
 
 #: The kernel statistics a summary is made of (the rest follow from them).
-_STORED = frozenset({"target_val", "other_val", "other_logit", "lse", "el2n"})
+_STORED = frozenset({"target_val", "other_val", "other_logit", "correct", "lse", "el2n"})
 
 
 class SummaryBlock(dict[str, np.ndarray]):
@@ -50,9 +50,11 @@ def summarize(x: np.ndarray, labels: np.ndarray, stored: str) -> dict[str, np.nd
     """
     labels = labels.reshape(-1).astype(np.int64, copy=False)
     stats = block_stats(np.array(x, order="C"), labels, stored, _STORED)
-    z = widen(x, stored)
-    argmax = (z.astype(np.float32) if z.dtype == np.float16 else z).argmax(axis=1)
-    argmax[np.isnan(stats["target_val"]) | np.isnan(stats["other_val"])] = -1  # a NaN row
+    # argmax(z) is y where y is the first maximum, else the first of the other maxima: no
+    # second pass over the row. -1 marks a row with a NaN (its correctness is NaN).
+    correct = stats["correct"]
+    argmax = np.where(correct == 1.0, labels, stats["other_logit"])
+    argmax[np.isnan(correct)] = -1
     return {
         TARGET_VAL: _narrow(stats["target_val"], stored),
         OTHER_VAL: _narrow(stats["other_val"], stored),

@@ -95,6 +95,7 @@ def test_a_summary_block_gives_what_the_kernel_gives_from_the_logits() -> None:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     np.testing.assert_allclose(got["p_target"], want["p_target"], rtol=1e-14)
     assert block["argmax"][0] == -1 and np.isnan(got["margin"][0])
+    np.testing.assert_array_equal(block["argmax"][1:], x[1:].argmax(axis=1))  # ties: the first
     assert got["correct"][1] == 0.0  # argmax is 0, the first of the tied maxima
 
 
