@@ -19,7 +19,7 @@ Memory: O(samples) for the folded state, plus the rows of the segments waiting b
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -87,7 +87,7 @@ class Segment:
     def stop(self) -> int:
         return self.start + len(self.index)
 
-    def rows(self, pick: np.ndarray) -> Segment:
+    def rows(self, pick: np.ndarray | slice) -> Segment:
         """The rows at positions ``pick`` (for the fold; ``start`` is kept)."""
         stats = {name: value[pick] for name, value in self.stats.items()}
         return Segment(self.start, self.epoch, self.index[pick], self.targets[pick], stats)
@@ -120,11 +120,8 @@ class Segment:
 
     def split(self, at: int) -> tuple[Segment, Segment]:
         """The first ``at`` rows and the rest, as two segments of the same stream."""
-        a, b = slice(0, at), slice(at, None)
-        head = Segment(self.start, self.epoch, self.index[a], self.targets[a],
-                       {k: v[a] for k, v in self.stats.items()})  # fmt: skip
-        tail = Segment(self.start + at, self.epoch, self.index[b], self.targets[b],
-                       {k: v[b] for k, v in self.stats.items()})  # fmt: skip
+        head, tail = self.rows(slice(0, at)), self.rows(slice(at, None))
+        tail.start = self.start + at
         return head, tail
 
 
@@ -249,7 +246,6 @@ class Fold:
         self._count_epochs = not running and counts is None and self._ledger.first_only
         self._count_rows = running or (counts is None and not self._count_epochs)
         self.counts = np.zeros(num_samples, dtype=np.int64) if counts is None or running else counts
-        self._known_counts = counts is not None and not running
         self._scratch = np.zeros(num_samples, dtype=np.int64)
         self.nonfinite = 0
         self.frontier = 0
@@ -265,7 +261,7 @@ class Fold:
         """Extend the state to ``num_samples`` indices (new ones start empty)."""
         if num_samples <= self.num_samples:
             return
-        if self._known_counts:
+        if not (self._count_rows or self._count_epochs):  # the counts were given, final
             raise ValueError("a Fold built with known counts cannot grow")
         extra = num_samples - self.num_samples
         self.labels = np.concatenate([self.labels, np.full(extra, -1, dtype=np.int64)])
@@ -343,10 +339,15 @@ class Fold:
     def _hold(self, seg: Segment) -> None:
         if seg.start < self.frontier:
             raise ValueError(f"rows from {seg.start} were folded already: measurements overlap")
-        insort(self._pending, (seg.start, seg.stop, seg), key=lambda item: item[0])
-        for (_, stop, _), (start, _, _) in pairwise(self._pending):
-            if start < stop:
-                raise ValueError(f"two segments hold row {start}: measurements overlap")
+        at = bisect_left(self._pending, seg.start, key=lambda item: item[0])
+        before = self._pending[at - 1] if at else None
+        after = self._pending[at] if at < len(self._pending) else None
+        # The list is sorted and disjoint: only the neighbours can overlap the new segment.
+        if before is not None and before[1] > seg.start:
+            raise ValueError(f"two segments hold row {seg.start}: measurements overlap")
+        if after is not None and after[0] < seg.stop:
+            raise ValueError(f"two segments hold row {after[0]}: measurements overlap")
+        self._pending.insert(at, (seg.start, seg.stop, seg))
 
     def _drain(self) -> None:
         while self._pending and self._pending[0][0] == self.frontier:

@@ -198,7 +198,6 @@ class Confidence:
         with np.errstate(invalid="ignore", divide="ignore"):
             variability = np.sqrt(np.maximum(self.m2 / counts, 0.0))
         variability[counts == 0] = np.nan
-        variability[np.isnan(self.m2)] = np.nan  # np.maximum keeps NaN, but be explicit
         return {"confidence": _mean(self.sums, counts), "variability": variability}
 
 
