@@ -26,7 +26,9 @@ import numpy as np
 from aum_replay.engine import Segment
 from aum_replay.errors import AumReplayError, InputError
 from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader, read_all_id_keys
-from aum_replay.run import IdIndex, IdScan, Run, _sorted_unique, decode_keys
+from aum_replay.keys import Collision
+from aum_replay.run import IdIndex, IdScan, Run, _sorted_unique, scan_epochs
+from aum_replay.run import scan_ids as local_scan_ids
 
 __all__ = ["TASK_BYTES", "connect", "scan_ids", "segments"]
 
@@ -77,37 +79,27 @@ def connect(address: str, *, timeout: float = 10.0) -> Iterator[Any]:
         yield client
 
 
-def _task_ids(info: ShardInfo) -> tuple[np.ndarray, bool]:
-    """A shard's distinct ids (as keys, see :meth:`ShardReader.read_id_keys`), sorted, and
-    whether any id repeats within it."""
+def _task_ids(info: ShardInfo) -> tuple[np.ndarray, int]:
+    """A shard's distinct ids (as keys, see :meth:`ShardReader.read_id_keys`) and its rows."""
     ids = read_all_id_keys(info)
-    distinct = _sorted_unique(ids)
-    return distinct, len(distinct) < len(ids)
+    return _sorted_unique(ids), len(ids)
 
 
 def scan_ids(client: Any, shards: tuple[ShardInfo, ...], id_kind: str) -> IdScan:
-    """:func:`aum_replay.run.scan_ids` with the reading done by the cluster's workers."""
-    futures = client.map(_task_ids, shards, pure=False)
-    results = _gather(client, futures)
-    if not results:
-        empty = np.zeros(0, dtype=np.int64 if id_kind == "int" else np.str_)
-        keys = None if id_kind == "int" else np.zeros(0, dtype="S1")
-        return IdScan(empty, np.zeros(0, dtype=np.int64), keys)
-    universe = _sorted_unique(np.concatenate([distinct for distinct, _ in results]))
-    if id_kind == "int":
-        universe = universe.astype(np.int64, copy=False)
-    clean = not any(repeats for _, repeats in results)
-    appearances = np.zeros(len(universe), dtype=np.int64)
-    by_epoch: dict[int, list[np.ndarray]] = {}
-    for info, (distinct, _) in zip(shards, results, strict=True):
-        by_epoch.setdefault(info.epoch, []).append(distinct)
-    for parts in by_epoch.values():
-        present = _sorted_unique(np.concatenate(parts))
-        clean = clean and len(present) == sum(len(p) for p in parts)  # no id on two ranks
-        appearances[np.searchsorted(universe, present)] += 1
-    if id_kind == "str":
-        return IdScan(decode_keys(universe), appearances if clean else None, universe)
-    return IdScan(universe, appearances if clean else None)
+    """:func:`aum_replay.run.scan_ids` with the reading done by the cluster's workers: each
+    task sends its shard's distinct ids, the client merges them epoch by epoch
+    (:func:`aum_replay.run.scan_epochs`)."""
+    results = _gather(client, client.map(_task_ids, shards, pure=False))
+    by_epoch: dict[int, tuple[list[np.ndarray], list[int]]] = {}
+    for info, (distinct, rows) in zip(shards, results, strict=True):
+        if rows:
+            parts, counts = by_epoch.setdefault(info.epoch, ([], []))
+            parts.append(distinct)
+            counts.append(rows)
+    try:
+        return scan_epochs(((p, sum(c)) for p, c in by_epoch.values()), id_kind)
+    except Collision:  # two string ids with one hash (odds ~N^2 / 2^65): compare bytes here
+        return local_scan_ids(shards, id_kind)
 
 
 def _task_replay(
@@ -120,7 +112,7 @@ def _task_replay(
     block_bytes: int,
 ) -> Segment:
     """Rows ``start:stop`` of one shard through the numpy kernel, block by block."""
-    from aum_replay.replay import _kernel, read_segment
+    from aum_replay.replay import _kernel, _ranges, read_segment
 
     kernel = _kernel(None, needs)
     step = max(1, block_bytes // info.row_bytes)  # of the logits, or of their summary
@@ -130,8 +122,7 @@ def _task_replay(
         buffer = np.empty((min(step, stop - start), info.num_classes), disk)
     parts = []
     with ShardReader(info.path, info=info) as reader:
-        for lo in range(start, stop, step):
-            hi = min(lo + step, stop)
+        for lo, hi in _ranges(start, stop, step):
             parts.append(read_segment(reader, lo, hi, position + lo - start, ids, kernel, buffer))
     return Segment.concat(parts)
 

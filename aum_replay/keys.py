@@ -25,11 +25,14 @@ class Collision(Exception):
 
 
 def hash_keys(keys: np.ndarray) -> np.ndarray:
-    """A ``uint64`` hash of each key of an ``S`` array, independent of the array's width.
+    """A ``uint64`` hash of each key of an ``S`` array, independent of the array's width (an
+    ``int64`` array is its own hash).
 
     Keys hold no NUL byte (the logger refuses ids with one), so the zero words that pad a short
     key in a wide array are skipped: ``b"ab"`` hashes alike in ``S2`` and in ``S20``.
     """
+    if keys.dtype.kind == "i":  # int64 ids are their own hash: distinct ids, distinct hashes
+        return keys.astype(np.int64, copy=False).view(np.uint64)
     n, width = len(keys), keys.dtype.itemsize
     words = -(-width // 8)
     raw = keys.view(np.uint8).reshape(n, width)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,14 +292,12 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
 
 
 def _scan_string_keys(shards: Sequence[ShardInfo]) -> IdScan:
-    """:func:`scan_ids` of string ids by their hashes (:mod:`aum_replay.keys`): each shard's
-    distinct ids, each epoch's (an epoch holds an id twice if it has fewer distinct ids than
-    rows), merged into the run's with the number of epochs each appears in. Sorts integers,
-    but the universe itself once. Raises :class:`~aum_replay.keys.Collision`."""
-    keys = np.zeros(0, dtype="S1")
-    hashes = np.zeros(0, dtype=np.uint64)
-    epochs = np.zeros(0, dtype=np.int64)  # per distinct id so far: epochs it appears in
-    clean = True
+    """:func:`scan_ids` of string ids by their hashes (see :func:`scan_epochs`)."""
+    return scan_epochs(_epoch_keys(shards), "str")
+
+
+def _epoch_keys(shards: Sequence[ShardInfo]) -> Iterator[tuple[list[np.ndarray], int]]:
+    """Per epoch with rows, its shards' id keys and its number of rows."""
     parts: list[np.ndarray] = []
     rows = 0
     for k, info in enumerate(shards):
@@ -308,18 +306,38 @@ def _scan_string_keys(shards: Sequence[ShardInfo]) -> IdScan:
             parts.append(ids)
             rows += len(ids)
         if parts and (k + 1 == len(shards) or shards[k + 1].epoch != info.epoch):
-            distinct, h = unique_keys(np.concatenate(parts))  # the epoch's ids
-            clean = clean and len(distinct) == rows
-            every = np.concatenate([keys, distinct])
-            every_hash = np.concatenate([hashes, h])
-            seen = np.concatenate([epochs, np.ones(len(distinct), dtype=np.int64)])
-            keys, hashes = unique_keys(every, every_hash)
-            group = np.searchsorted(hashes, every_hash)  # each entry's id in the merge
-            epochs = np.bincount(group, weights=seen, minlength=len(keys)).astype(np.int64)
+            yield parts, rows
             parts, rows = [], 0
-    order = np.argsort(keys)  # UTF-8 bytes sort as the code points do
+
+
+def scan_epochs(epochs: Iterable[tuple[list[np.ndarray], int]], id_kind: str) -> IdScan:
+    """The id scan of a run from, per epoch in order, id keys of its shards (repeats allowed;
+    :meth:`~aum_replay.format.ShardReader.read_id_keys`) and its number of rows.
+
+    Each epoch's distinct ids (an epoch holds an id twice if it has fewer distinct ids than
+    rows) are merged into the run's with the number of epochs each appears in, by hash
+    (:mod:`aum_replay.keys`: integers sort, the universe itself once). Raises
+    :class:`~aum_replay.keys.Collision` for two string ids with one hash.
+    """
+    keys = np.zeros(0, dtype=np.int64 if id_kind == "int" else "S1")
+    hashes = np.zeros(0, dtype=np.uint64)
+    counts = np.zeros(0, dtype=np.int64)  # per distinct id so far: epochs it appears in
+    clean = True
+    for parts, rows in epochs:
+        distinct, h = unique_keys(np.concatenate(parts))  # the epoch's ids
+        clean = clean and len(distinct) == rows
+        every = np.concatenate([keys, distinct])
+        every_hash = np.concatenate([hashes, h])
+        seen = np.concatenate([counts, np.ones(len(distinct), dtype=np.int64)])
+        keys, hashes = unique_keys(every, every_hash)
+        group = np.searchsorted(hashes, every_hash)  # each entry's id in the merge
+        counts = np.bincount(group, weights=seen, minlength=len(keys)).astype(np.int64)
+    order = np.argsort(keys)  # ints by value; UTF-8 bytes sort as the code points do
     universe = keys[order]
-    return IdScan(decode_keys(universe), epochs[order] if clean else None, universe)
+    appearances = counts[order] if clean else None
+    if id_kind == "int":
+        return IdScan(universe, appearances)
+    return IdScan(decode_keys(universe), appearances, universe)
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:

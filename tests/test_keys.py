@@ -73,3 +73,25 @@ def test_a_replay_is_the_same_when_every_hash_collides(
     compute(run, tmp_path / "bytes")
     for name in (VALUES_NAME, FULL_NAME):
         assert (tmp_path / "hashed" / name).read_bytes() == (tmp_path / "bytes" / name).read_bytes()
+
+
+@pytest.mark.parametrize("pad", [0, 2])
+def test_the_merge_by_hash_scans_int_ids_as_the_stamp_table_does(tmp_path: Path, pad: int) -> None:
+    """scan_epochs (the Dask scan's merge) against scan_ids' own int path, clean or not."""
+    from aum_replay.run import _epoch_keys, scan_epochs
+
+    rng = np.random.default_rng(pad)
+    run = tmp_path / "run"
+    with LogitLogger(run) as logger:
+        for epoch in range(3):
+            order = rng.permutation(np.arange(-20, 120, 3)).tolist()[: 40 - epoch]
+            order += order[:pad]  # ids twice in the epoch: not a clean run
+            logits = torch.from_numpy(rng.standard_normal((len(order), 4)).astype(np.float32))
+            logger.log(logits, [abs(i) % 4 for i in order], order, epoch=epoch)
+            logger.end_epoch()
+    shards = open_run(run, None).shards
+    merged, stamped = scan_epochs(_epoch_keys(shards), "int"), scan_ids(shards, "int")
+    assert np.array_equal(merged.universe, stamped.universe) and merged.keys is None
+    assert (merged.appearances is None) == (stamped.appearances is None) == (pad > 0)
+    if stamped.appearances is not None:
+        assert np.array_equal(merged.appearances, stamped.appearances)
