@@ -32,7 +32,6 @@ __all__ = [
     "STATS",
     "BlockMargins",
     "Stats",
-    "block_margins",
     "block_stats",
     "first_max",
     "loaded_torch",
@@ -44,7 +43,7 @@ __all__ = [
 
 
 class BlockMargins(NamedTuple):
-    """Per-row results of :func:`block_margins`; every field has shape (B,)."""
+    """The margin's per-row fields (what a full record holds); every field has shape (B,)."""
 
     target_val: np.ndarray
     """``z[y]``, widened to ``float64`` (exact)."""
@@ -103,47 +102,13 @@ def row_max(x: np.ndarray) -> np.ndarray:
 def margin_values(x: np.ndarray, labels: np.ndarray, stored: str) -> np.ndarray:
     """Just the margins (``float64``, shape (B,)) of a C-contiguous block in its disk dtype.
 
-    The replay's values-only path: the same numbers as :func:`block_margins` in a handful of
-    calls, since per-call overhead adds up over thousands of blocks. ``x`` may be used as scratch.
+    The replay's values-only path: the same numbers as :func:`block_stats`' ``margin`` in a
+    handful of calls, since per-call overhead adds up over thousands of blocks. ``x`` may be
+    used as scratch.
     """
     x = widen(x, stored)
     target_val = mask_targets(x, labels)
     return _difference(target_val, row_max(x), stored)
-
-
-def block_margins(
-    x: np.ndarray, labels: np.ndarray, stored: str, *, with_index: bool = True
-) -> BlockMargins:
-    """Every field of the margin of each row of a block (see the module docstring).
-
-    Parameters
-    ----------
-    x
-        Logits of shape (B, C), C >= 2, in the disk dtype of ``stored``; used as scratch when
-        C-contiguous (its target entries are overwritten with ``-inf``).
-    labels
-        ``int64`` labels of shape (B,), values in ``[0, C)``.
-    stored
-        Stored dtype name: ``float16``, ``float32``, ``float64`` or ``bfloat16``.
-    with_index
-        If False, ``other_logit`` is left empty and ``other_val`` comes from a row maximum,
-        which is faster than an argmax; the values are the same.
-    """
-    x = widen(x, stored)
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)  # the flat view in mask_targets must alias x
-    labels = labels.reshape(-1).astype(np.int64, copy=False)
-    target_val = mask_targets(x, labels)
-    if with_index:
-        other_logit = first_max(x)
-        other_val = x[np.arange(len(x)), other_logit]
-    else:
-        other_logit = np.zeros(0, dtype=np.int64)
-        other_val = row_max(x)
-    margin = _difference(target_val, other_val, stored)
-    return BlockMargins(
-        target_val.astype(np.float64), other_logit, other_val.astype(np.float64), margin
-    )
 
 
 def mask_targets(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -206,7 +171,7 @@ def block_stats(x: np.ndarray, labels: np.ndarray, stored: str, needs: Iterable[
 
     With z a row widened to float64, y its label, p = softmax(z):
 
-    - ``margin``, ``target_val``, ``other_logit``, ``other_val``: as :func:`block_margins`
+    - ``margin``, ``target_val``, ``other_logit``, ``other_val``: as in the module docstring
       (``margin`` bit for bit the reference's);
     - ``correct``: 1.0 where argmax(z) == y (numpy's argmax: the lowest index among equal
       maxima), else 0.0; NaN for a row holding a NaN;
