@@ -20,6 +20,7 @@ import argparse
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -105,16 +106,21 @@ def write_reference(out_dir: Path, *, first_only: bool) -> None:
         calc.finalize()
 
 
+def publish(run_dir: Path, write: Callable[[Path], None]) -> None:
+    """Write a fixture run into a scratch directory, then replace ``run_dir`` with it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / run_dir.name
+        write(staged)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(staged, run_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "tests/data")
     args = parser.parse_args()
     run_dir = args.out / "v1_run"
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "v1_run"
-        write_run(staged)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.copytree(staged, run_dir)
+    publish(run_dir, write_run)
     for mode in ("all", "first"):
         out = args.out / "v1_expected" / mode
         shutil.rmtree(out, ignore_errors=True)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -46,11 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "tests/data")
     args = parser.parse_args()
     run_dir = args.out / "v2_run"
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "v2_run"
-        write_run(staged)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.copytree(staged, run_dir)
+    v1_tool().publish(run_dir, write_run)
     print(f"wrote {run_dir}")
 
 
