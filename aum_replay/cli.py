@@ -35,6 +35,7 @@ from aum_replay.epochs import parse_epochs
 from aum_replay.errors import AumReplayError
 
 if TYPE_CHECKING:
+    from aum_replay.location import Location
     from aum_replay.replay import ComputeResult
 
 app = typer.Typer(
@@ -69,10 +70,13 @@ class DuplicatesMode(str, Enum):
 
 
 RunDir = Annotated[
-    Path,
+    str,
     typer.Argument(
         metavar="RUN_DIR",
-        help="Run directory written by aum_replay.LogitLogger (epoch_*.rank_*.h5).",
+        help=(
+            "Run directory written by aum_replay.LogitLogger (epoch_*.rank_*.h5), or an fsspec "
+            "URL of one (s3://bucket/run, needs aum-replay[remote])."
+        ),
         show_default=False,
     ),
 ]
@@ -224,11 +228,11 @@ def _hang_watchdog() -> Iterator[None]:
     assert watcher.stdin is not None
     pipe = watcher.stdin
 
-    def hook(path: Path | None) -> None:
+    def hook(path: Location | None) -> None:
         if path is None:
             faulthandler.cancel_dump_traceback_later()
             return
-        pipe.write(b"shard " + os.fsencode(path) + b"\n")
+        pipe.write(b"shard " + os.fsencode(str(path)) + b"\n")
         pipe.flush()
         faulthandler.dump_traceback_later(limit, exit=True, file=pipe)
 
@@ -454,12 +458,12 @@ def _bytes(n: int) -> str:
 
 
 RunDirs = Annotated[
-    list[Path],
+    list[str],
     typer.Argument(
         metavar="RUN_DIR",
         help=(
-            "One or more run directories, e.g. threshold set 1 and set 2 of the same seed: a "
-            "sample is flagged when every run that scored it flags it."
+            "One or more run directories (or fsspec URLs), e.g. threshold set 1 and set 2 of "
+            "the same seed: a sample is flagged when every run that scored it flags it."
         ),
         show_default=False,
     ),

@@ -330,6 +330,7 @@ def run_demo(
             except OSError as exc:
                 raise InputError(f"{run_dir}: cannot create ({describe_os_error(exc)})") from None
             for _, _, stale in list_shards(run_dir):
+                assert isinstance(stale, Path)
                 stale.unlink()  # a previous demo's shards: this run replaces them
             data = ThresholdSampleDataset(base, NUM_CLASSES, set_index=set_index, seed=seed)
             model = make_mlp(x.shape[1], NUM_CLASSES + 1, config.hidden, seed=seed * 10 + set_index)

@@ -21,6 +21,7 @@ from aum_replay.csvout import to_frame
 from aum_replay.engine import Fold
 from aum_replay.epochs import EpochSelection
 from aum_replay.errors import InputError
+from aum_replay.location import RunDirLike
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.reducers import METRICS, reducers_for
 from aum_replay.replay import feed, id_scan, open_checked, stream
@@ -32,7 +33,7 @@ DYNAMICS_NAME = "training_dynamics.csv"
 
 
 def dynamics(
-    run_dir: str | Path | Run,
+    run_dir: RunDirLike | Run,
     out_dir: str | Path | None = None,
     *,
     epochs: str | EpochSelection | None = None,

@@ -41,9 +41,11 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from aum_replay import location
 from aum_replay.auto_epochs import AutoEpochs, choose_epochs, epoch_margins, epochs_spec
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
+from aum_replay.location import URL, Location, RunDirLike
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import ComputeResult, compute
 from aum_replay.rules import capped_mixture_cut, replication_alpha
@@ -112,7 +114,7 @@ class RunFlags:
         memorisation point and the threshold samples' median margin per epoch).
     """
 
-    run_dir: Path
+    run_dir: Location
     alpha: float
     alpha_source: AlphaSource
     epochs: list[int]
@@ -191,7 +193,7 @@ class FlagResult:
 
 
 def flag(
-    run_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    run_dirs: RunDirLike | Sequence[RunDirLike],
     out_dir: str | os.PathLike[str] | None = None,
     *,
     rule: Rule = DEFAULT_RULE,
@@ -253,7 +255,7 @@ def flag(
         A bad run directory, option or threshold description. No output file is changed.
     """
     started = time.perf_counter()
-    dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
+    dirs = [run_dirs] if isinstance(run_dirs, (str, os.PathLike, URL)) else list(run_dirs)
     if not dirs:
         raise InputError("no run directory given")
     if alpha is not None and fraction is not None:
@@ -275,10 +277,10 @@ def flag(
     if out_dir is not None:  # what is in the way fails now, before any replay
         outputs = OutputSet(out_dir, (MISLABELED_NAME, DETAILS_NAME, SUMMARY_NAME)).check()
 
-    runs = [open_run(Path(d), selection) for d in dirs]
+    runs = [open_run(d, selection) for d in dirs]
     for i, run in enumerate(runs):
         for other in runs[:i]:
-            if _same_dir(run.run_dir, other.run_dir):
+            if location.same(run.run_dir, other.run_dir):
                 raise InputError(
                     f"{run.run_dir} is given twice (as {other.run_dir}): each run counts once"
                 )
@@ -453,7 +455,7 @@ def flag(
             "runs": [
                 {
                     "name": nm,
-                    "run_dir": str(rf.run_dir.resolve()),
+                    "run_dir": str(location.absolute(rf.run_dir)),
                     "alpha": rf.alpha if np.isfinite(rf.alpha) else None,
                     "alpha_source": rf.alpha_source,
                     "rule": rf.rule,
@@ -548,7 +550,7 @@ def _ids(table: pl.DataFrame, id_kind: str) -> np.ndarray:
 
 
 def _threshold_mask(
-    universe: np.ndarray, meta: dict[str, Any], id_kind: str, run_dir: Path
+    universe: np.ndarray, meta: dict[str, Any], id_kind: str, run_dir: Location
 ) -> np.ndarray:
     """Boolean mask (N,) of the recorded threshold ids in ``universe``."""
     raw = meta.get("sample_ids")
@@ -575,10 +577,3 @@ def _given_label(labels: np.ndarray, scored: np.ndarray) -> np.ndarray:
     for r in range(labels.shape[0]):
         out = np.where(scored[r], labels[r], out)
     return out
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False

@@ -52,9 +52,10 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from aum_replay import manifest
+from aum_replay import location, manifest
 from aum_replay._version import __version__
 from aum_replay.errors import FormatError, InputError, RecordingError
+from aum_replay.location import Blob, Entry, Location, list_dir, open_blob
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made, never by the readers
     import torch
@@ -177,32 +178,43 @@ def shard_name(epoch: int, rank: int) -> str:
     return f"epoch_{epoch:05d}.rank_{rank:03d}.h5"
 
 
-def list_shards(run_dir: Path) -> list[tuple[int, int, Path]]:
-    """``(epoch, rank, path)`` of every published shard in ``run_dir``, by epoch then rank."""
+def list_shards(
+    run_dir: Location, entries: list[Entry] | None = None
+) -> list[tuple[int, int, Location]]:
+    """``(epoch, rank, path)`` of every published shard in ``run_dir`` (a path or a URL), by
+    epoch then rank; ``entries``, the directory's listing if the caller already has it."""
     found = []
-    for entry in os.scandir(run_dir):
+    for entry in list_dir(run_dir) if entries is None else entries:
         m = SHARD_RE.match(entry.name)
-        if m and entry.is_file():
-            found.append((int(m.group(1)), int(m.group(2)), Path(entry.path)))
-    return sorted(found)
+        if m and entry.is_file:
+            found.append((int(m.group(1)), int(m.group(2)), entry.path))
+    return sorted(found, key=lambda found: found[:2])
 
 
-def list_lookalikes(run_dir: Path) -> list[Path]:
+def list_lookalikes(run_dir: Location, entries: list[Entry] | None = None) -> list[Location]:
     """Files that look like shards but are not named like one (``epoch_1.rank_0.h5``, a renamed
     copy): readers ignore them, and the commands say so."""
     return sorted(
-        Path(e.path)
-        for e in os.scandir(run_dir)
-        if (e.name.lower().endswith(".h5") or e.name.startswith("epoch_"))
-        and not SHARD_RE.match(e.name)
-        and not e.name.endswith(TMP_SUFFIX)
+        (
+            e.path
+            for e in (list_dir(run_dir) if entries is None else entries)
+            if (e.name.lower().endswith(".h5") or e.name.startswith("epoch_"))
+            and not SHARD_RE.match(e.name)
+            and not e.name.endswith(TMP_SUFFIX)
+        ),
+        key=str,
     )
 
 
-def list_temporaries(run_dir: Path) -> list[Path]:
+def list_temporaries(run_dir: Location, entries: list[Entry] | None = None) -> list[Location]:
     """Leftover temporary shards (a process died before publishing them); readers ignore them."""
     return sorted(
-        Path(e.path) for e in os.scandir(run_dir) if e.name.endswith(TMP_SUFFIX) and e.is_file()
+        (
+            e.path
+            for e in (list_dir(run_dir) if entries is None else entries)
+            if e.name.endswith(TMP_SUFFIX) and e.is_file
+        ),
+        key=str,
     )
 
 
@@ -240,7 +252,7 @@ class ChunkMap:
 class ShardInfo:
     """The attributes of one shard, validated."""
 
-    path: Path
+    path: Location
     epoch: int
     rank: int
     world_size: int
@@ -258,9 +270,10 @@ class ShardInfo:
     """Rows per HDF5 chunk of the logits (0 if not chunked); blocks aligned to it read fastest."""
     raw: dict[str, ChunkMap] = field(default_factory=dict, repr=False, compare=False)
     """Datasets whose chunks can be read straight from the file (see :class:`ChunkMap`)."""
-    identity: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
-    """Device, inode, size and mtime of the file that was validated: a reader refuses a file
-    replaced since (a resumed run republishes shards), whose chunks may lie elsewhere."""
+    identity: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
+    """Inode, size and mtime of the file that was validated (size and modification stamp of a
+    remote one, :class:`~aum_replay.location.Blob`): a reader refuses a file replaced since (a
+    resumed run republishes shards), whose chunks may lie elsewhere."""
     run_id: str | None = None
     """The run this shard belongs to (v2; ``None`` for v1, which has no run id)."""
     storage: str = "logits"
@@ -278,7 +291,7 @@ class ShardInfo:
     @property
     def nbytes(self) -> int:
         """Size of the file on disk."""
-        return self.path.stat().st_size
+        return location.size(self.path)
 
     @property
     def row_bytes(self) -> int:
@@ -801,7 +814,7 @@ _ATTR_TYPES: dict[str, type] = {key: str for key in REQUIRED_ATTRS} | {
 }
 
 
-def _attr(fid: h5py.h5f.FileID, key: str, path: Path) -> Any:
+def _attr(fid: h5py.h5f.FileID, key: str, path: Location) -> Any:
     """One scalar attribute of an open file, as an ``int`` or a ``str`` (:data:`_ATTR_TYPES`).
 
     Read through HDF5's low-level API into a buffer of the expected type: ~3x cheaper than
@@ -853,44 +866,47 @@ def _read_attr(fid: h5py.h5f.FileID, key: str) -> tuple[Any, str | None]:
 #: Called with a shard's path when :func:`read_info` starts validating it, and with ``None``
 #: when it is done. HDF5 loops forever on some corrupt files, holding the GIL: the CLI uses this
 #: to arm a watchdog that can still end the process (see ``cli._hang_watchdog``).
-validation_hook: Callable[[Path | None], None] | None = None
+validation_hook: Callable[[Location | None], None] | None = None
 
 
-def read_info(path: Path) -> ShardInfo:
-    """Open ``path`` and validate its description and datasets; raise :class:`FormatError` if bad.
+def read_info(path: Location) -> ShardInfo:
+    """Open ``path`` (a local path or a URL) and validate its description and datasets; raise
+    :class:`FormatError` if bad.
 
     A v2 shard is validated from its checksummed manifest alone (one ``pread``, no HDF5); a v1
     shard through HDF5's attributes, under :data:`validation_hook`.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        blob = open_blob(path)
     except OSError as exc:
-        raise FormatError(f"{path}: cannot be opened ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        found = manifest.read(fd, st.st_size)
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
-    if isinstance(found, str):
-        raise FormatError(f"{path}: corrupt v2 shard: {found}")
-    if found is not None:
-        record, table, end = found
+        raise FormatError(f"{path}: cannot be opened ({_why(exc)})") from None
+    with blob:
         try:
-            return _validate_v2(path, record, table, end, st)
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise FormatError(
-                f"{path}: corrupt v2 manifest ({type(exc).__name__}: {exc})"
-            ) from None
-    hook = validation_hook
-    if hook is None:
-        return _read_info(path)
-    hook(path)
-    try:
-        return _read_info(path)
-    finally:
-        hook(None)
+            found = manifest.read(blob.pread, blob.size)
+        except OSError as exc:
+            raise FormatError(f"{path}: cannot be read ({_why(exc)})") from None
+        if isinstance(found, str):
+            raise FormatError(f"{path}: corrupt v2 shard: {found}")
+        if found is not None:
+            record, table, end = found
+            try:
+                return _validate_v2(path, record, table, end, blob.identity)
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise FormatError(
+                    f"{path}: corrupt v2 manifest ({type(exc).__name__}: {exc})"
+                ) from None
+        hook = validation_hook
+        if hook is None:
+            return _read_info(blob)
+        hook(path)
+        try:
+            return _read_info(blob)
+        finally:
+            hook(None)
+
+
+def _why(exc: OSError) -> str:
+    return str(exc.strerror or exc)
 
 
 #: The :class:`ShardInfo` fields that v1's attributes and v2's manifest hold under the same key.
@@ -908,7 +924,7 @@ _SCALARS = (
 )
 
 
-def _newer(path: Path, version: Any) -> FormatError:
+def _newer(path: Location, version: Any) -> FormatError:
     return FormatError(
         f"{path}: shard format version {version} is newer than this aum-replay "
         f"({__version__}) reads (versions {', '.join(map(str, FORMAT_VERSIONS))}); "
@@ -916,7 +932,7 @@ def _newer(path: Path, version: Any) -> FormatError:
     )
 
 
-def _check_type(path: Path, record: dict[str, Any], key: str, kind: type) -> Any:
+def _check_type(path: Location, record: dict[str, Any], key: str, kind: type) -> Any:
     value = record.get(key)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise FormatError(f"{path}: manifest field {key!r} is missing or not {kind.__name__}")
@@ -924,7 +940,7 @@ def _check_type(path: Path, record: dict[str, Any], key: str, kind: type) -> Any
 
 
 def _validate_v2(
-    path: Path, record: dict[str, Any], table: np.ndarray, end: int, st: os.stat_result
+    path: Location, record: dict[str, Any], table: np.ndarray, end: int, identity: tuple[Any, ...]
 ) -> ShardInfo:
     """The :class:`ShardInfo` of a v2 manifest, after checking that it describes a whole shard.
 
@@ -1021,7 +1037,7 @@ def _validate_v2(
         format_version=version,
         chunk_rows=int(datasets[main]["chunk_rows"]),
         raw=raw,
-        identity=_identity(st),
+        identity=identity,
         run_id=texts["run_id"],
         storage=storage,
         group_rows=group,
@@ -1031,13 +1047,14 @@ def _validate_v2(
     )
 
 
-def _read_info(path: Path) -> ShardInfo:
+def _read_info(blob: Blob) -> ShardInfo:
+    path = blob.path
     try:
-        fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY)
+        fid = _open_hdf5(blob)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise FormatError(f"{path}: corrupt or not an HDF5 shard ({exc})") from None
     try:
-        return _validate(fid, path)
+        return _validate(fid, path, blob.identity)
     except FormatError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, OverflowError) as exc:
@@ -1046,13 +1063,18 @@ def _read_info(path: Path) -> ShardInfo:
         fid.close()
 
 
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    # Not st_dev: a Dask worker on another host sees the same shared file under another device
-    # number; the path fixes the filesystem, and a republished shard has a new inode and mtime.
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+def _open_hdf5(blob: Blob) -> h5py.h5f.FileID:
+    """The low-level HDF5 file of ``blob``: opened by path, or through h5py's file-object
+    driver for a remote shard."""
+    target = blob.h5_target()
+    if isinstance(target, bytes):
+        return h5py.h5f.open(target, h5py.h5f.ACC_RDONLY)
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fileobj_driver(h5py.h5fd.fileobj_driver, target)
+    return h5py.h5f.open(repr(target).encode("ascii", "replace"), h5py.h5f.ACC_RDONLY, fapl=fapl)
 
 
-def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
+def _validate(fid: h5py.h5f.FileID, path: Location, identity: tuple[Any, ...]) -> ShardInfo:
     name = _attr(fid, "format", path)
     if name != FORMAT_NAME:
         raise FormatError(f"{path}: not an aum-replay shard (format {name!r})")
@@ -1114,7 +1136,7 @@ def _validate(fid: h5py.h5f.FileID, path: Path) -> ShardInfo:
         format_version=version,
         chunk_rows=chunk_rows,
         raw=raw,
-        identity=_identity(os.fstat(fid.get_vfd_handle())),
+        identity=identity,
     )
 
 
@@ -1234,7 +1256,7 @@ class ShardReader:
 
     def __init__(
         self,
-        path: Path,
+        path: Location,
         *,
         info: ShardInfo | None = None,
         cache_bytes: int = 16 << 20,
@@ -1244,7 +1266,7 @@ class ShardReader:
         self.info = read_info(path) if info is None else info
         self.verify = (VERIFY if verify is None else verify) and bool(self.info.checksums)
         self._cache_bytes = cache_bytes
-        self._fd: int | None = None
+        self._blob: Blob | None = None
         self._file: h5py.File | None = None
         self._datasets: dict[str, h5py.Dataset] = {}
 
@@ -1253,9 +1275,13 @@ class ShardReader:
         ds = self._datasets.get(name)
         if ds is None:
             if self._file is None:
-                self._check_unchanged(os.stat(self.path))
+                target = self._open().h5_target()
                 try:
-                    self._file = h5py.File(self.path, "r", rdcc_nbytes=self._cache_bytes)
+                    self._file = h5py.File(
+                        self.path if isinstance(target, bytes) else target,
+                        "r",
+                        rdcc_nbytes=self._cache_bytes,
+                    )
                 except (OSError, ValueError) as exc:
                     raise FormatError(
                         f"{self.path}: corrupt or not an HDF5 shard ({exc})"
@@ -1263,12 +1289,21 @@ class ShardReader:
             ds = self._datasets[name] = self._file[name]
         return ds
 
-    def _check_unchanged(self, st: os.stat_result) -> None:
-        if self.info.identity is not None and _identity(st) != self.info.identity:
-            raise FormatError(
-                f"{self.path}: the file changed since it was validated (a shard republished "
-                "by a resumed run?); run again"
-            )
+    def _open(self) -> Blob:
+        """The shard's bytes, opened once, after checking it is the file that was validated."""
+        if self._blob is None:
+            try:
+                blob = open_blob(self.path)
+            except OSError as exc:
+                raise FormatError(f"{self.path}: cannot be opened ({_why(exc)})") from None
+            if self.info.identity is not None and blob.identity != self.info.identity:
+                blob.close()
+                raise FormatError(
+                    f"{self.path}: the file changed since it was validated (a shard republished "
+                    "by a resumed run?); run again"
+                )
+            self._blob = blob
+        return self._blob
 
     def _check_rows(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.info.num_rows:
@@ -1287,9 +1322,9 @@ class ShardReader:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._blob is not None:
+            self._blob.close()
+            self._blob = None
 
     def read_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Sample ids of rows ``[start, stop)``: ``int64``, or an object array of ``str``."""
@@ -1492,9 +1527,7 @@ class ShardReader:
         ):
             self._dataset(name).read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
             return out
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-            self._check_unchanged(os.fstat(self._fd))
+        blob = self._open()
         dest = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         row_bytes, chunk_rows = chunks.row_bytes, chunks.chunk_rows
         done, row = 0, start
@@ -1503,15 +1536,11 @@ class ShardReader:
             rows = min(stop - row, chunk_rows - within)
             offset = chunks.offsets[chunk] + within * row_bytes
             want = rows * row_bytes
-            got = 0
-            while got < want:
-                step = os.preadv(self._fd, [dest[done + got : done + want]], offset + got)
-                if step <= 0:
-                    raise FormatError(
-                        f"{self.path}: truncated: {name} rows {row}:{row + rows} lie past the "
-                        "end of the file"
-                    )
-                got += step
+            if blob.readinto(dest[done : done + want], offset) != want:
+                raise FormatError(
+                    f"{self.path}: truncated: {name} rows {row}:{row + rows} lie past the "
+                    "end of the file"
+                )
             done += want
             row += rows
         return out

@@ -21,8 +21,8 @@ few microseconds.
 from __future__ import annotations
 
 import json
-import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,8 +53,11 @@ def pack(record: dict[str, Any], table: np.ndarray) -> bytes:
     return body + _TRAILER.pack(len(body), checksum(body), MAGIC)
 
 
-def read(fd: int, size: int) -> tuple[dict[str, Any], np.ndarray, int] | str | None:
-    """The manifest of the open file ``fd`` of ``size`` bytes: ``(record, table, start)``.
+def read(
+    pread: Callable[[int, int], bytes], size: int
+) -> tuple[dict[str, Any], np.ndarray, int] | str | None:
+    """The manifest of a file of ``size`` bytes: ``(record, table, start)``; ``pread(n,
+    offset)`` reads its bytes (``os.pread`` of an open file, or a remote file's range).
 
     ``start`` is the manifest's byte offset (every dataset's bytes lie before it). Returns
     ``None`` when the file does not end in a v2 trailer (a v1 shard, or a foreign file), and a
@@ -64,7 +67,7 @@ def read(fd: int, size: int) -> tuple[dict[str, Any], np.ndarray, int] | str | N
     if size < TRAILER_SIZE:
         return None
     first = min(size, _FIRST_READ)
-    tail = os.pread(fd, first, size - first)
+    tail = pread(first, size - first)
     if len(tail) != first:
         return "truncated while being read"
     length, crc, magic = _TRAILER.unpack_from(tail, first - TRAILER_SIZE)
@@ -76,7 +79,7 @@ def read(fd: int, size: int) -> tuple[dict[str, Any], np.ndarray, int] | str | N
     if length + TRAILER_SIZE <= first:
         body = tail[first - TRAILER_SIZE - length : first - TRAILER_SIZE]
     else:
-        body = os.pread(fd, length, start)
+        body = pread(length, start)
         if len(body) != length:
             return "truncated while being read"
     if checksum(body) != crc:

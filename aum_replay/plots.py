@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from aum_replay import location
 from aum_replay.dynamics import dynamics
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import InputError
@@ -32,6 +33,7 @@ from aum_replay.flag import (
 )
 from aum_replay.format import ShardReader
 from aum_replay.kernels import margin_values
+from aum_replay.location import RunDirLike
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import compute
 from aum_replay.run import Run, open_run
@@ -79,7 +81,7 @@ class MarginCurves:
 
 
 def margin_curves(
-    run_dir: str | os.PathLike[str],
+    run_dir: RunDirLike,
     ids: Sequence[Any],
     *,
     epochs: str | EpochSelection | None = None,
@@ -88,7 +90,7 @@ def margin_curves(
 
     Memory is one block of rows plus (K, E) values, whatever the size of the run.
     """
-    run = open_run(Path(run_dir), epochs)
+    run = open_run(run_dir, epochs)
     wanted = _as_ids(ids, run.id_kind)
     sorted_wanted = np.sort(wanted)
     position = np.argsort(wanted, kind="stable")
@@ -122,7 +124,7 @@ def margin_curves(
 
 
 def plot(
-    run_dir: str | os.PathLike[str],
+    run_dir: RunDirLike,
     out_dir: str | os.PathLike[str],
     *,
     ids: Sequence[Any] = (),
@@ -169,7 +171,7 @@ def plot(
     if lowest < 0:
         raise InputError(f"lowest must be >= 0, not {lowest}")
     selection = epochs if isinstance(epochs, EpochSelection) else parse_epochs(epochs)
-    run = open_run(Path(run_dir), selection)
+    run = open_run(run_dir, selection)
     wanted = [_plain(i) for i in _as_ids(list(ids), run.id_kind)]
     # Without flags there is no per-class figure: an older one would belong to another run.
     outputs = OutputSet(out_dir, PNG_NAMES, stale=(FLAGGED_PNG,)).check()
@@ -320,7 +322,7 @@ def _load_flags(
     if flags is None:  # a run without threshold samples, and no flag output given
         return None
     if isinstance(flags, FlagResult):
-        alpha = next((r.alpha for r in flags.runs if _same(r.run_dir, run.run_dir)), None)
+        alpha = next((r.alpha for r in flags.runs if location.same(r.run_dir, run.run_dir)), None)
         given = flags.details["label"].drop_nulls().to_numpy()
         ids = _as_ids(flags.flagged_ids, run.id_kind)
         return _Flags(alpha, dict(flags.flagged_per_class), num_classes, given, ids)
@@ -353,18 +355,11 @@ def _load_flags(
             raise InputError(f"{summary}: cannot read ({exc})") from None
         for entry in runs:
             if (
-                _same(Path(entry.get("run_dir", "")), run.run_dir)
+                location.same(location.location(entry.get("run_dir", "")), run.run_dir)
                 and entry.get("alpha") is not None
             ):
                 alpha = float(entry["alpha"])
     return _Flags(alpha, per_class, num_classes, scored, flagged)
-
-
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:  # pragma: no cover
-        return False
 
 
 def _threshold_mask(run: Run, sample_ids: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ from aum_replay.epochs import EpochSelection
 from aum_replay.errors import InputError
 from aum_replay.format import DISK_DTYPES, ShardInfo, ShardReader
 from aum_replay.kernels import Stats, block_stats, loaded_torch, margin_values
+from aum_replay.location import Location, RunDirLike
 from aum_replay.outputs import SCRATCH_PREFIX, OutputSet, writing
 from aum_replay.reducers import AUM
 from aum_replay.run import IdIndex, IdScan, Run, check_targets, open_run, scan_ids
@@ -85,7 +86,7 @@ class ComputeResult:
         The files written (``None`` when not written).
     """
 
-    run_dir: Path
+    run_dir: Location
     out_dir: Path | None
     values_path: Path | None
     full_path: Path | None
@@ -98,11 +99,11 @@ class ComputeResult:
     duplicates_dropped: int
     nonfinite_margins: int
     nonfinite_samples: int
-    temporaries: list[Path]
+    temporaries: list[Location]
     threshold: dict[str, Any] | None
     seconds: float
     aum: pl.DataFrame = field(repr=False)
-    lookalikes: list[Path] = field(default_factory=list)
+    lookalikes: list[Location] = field(default_factory=list)
     """Files in the run directory named almost like shards, ignored (see ``Run.lookalikes``)."""
     removed: list[Path] = field(default_factory=list)
     """Files removed from ``out_dir``: an older ``full_aum_records.csv`` that a values-only
@@ -110,7 +111,7 @@ class ComputeResult:
 
 
 def compute(
-    run_dir: str | Path | Run,
+    run_dir: RunDirLike | Run,
     out_dir: str | Path | None = None,
     *,
     epochs: str | EpochSelection | None = None,
@@ -204,7 +205,7 @@ def compute(
 
 
 def open_checked(
-    run_dir: str | Path | Run,
+    run_dir: RunDirLike | Run,
     epochs: str | EpochSelection | None,
     *,
     duplicates: str,

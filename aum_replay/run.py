@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from aum_replay.format import (
     read_info,
 )
 from aum_replay.keys import Collision, HashIndex, unique_keys
+from aum_replay.location import Location, RunDirLike, list_dir, location
 
 __all__ = [
     "EpochSummary",
@@ -59,13 +59,13 @@ class Run:
         Files named almost like shards (``epoch_1.rank_0.h5``): ignored.
     """
 
-    run_dir: Path
+    run_dir: Location
     shards: tuple[ShardInfo, ...]
     all_epochs: tuple[int, ...]
-    temporaries: tuple[Path, ...]
+    temporaries: tuple[Location, ...]
     num_classes: int
     id_kind: str
-    lookalikes: tuple[Path, ...] = ()
+    lookalikes: tuple[Location, ...] = ()
 
     @property
     def epochs(self) -> list[int]:
@@ -89,8 +89,9 @@ class Run:
         return self.shards[0].metadata if self.shards else {}
 
 
-def open_run(run_dir: str | Path, epochs: str | EpochSelection | None = None) -> Run:
-    """Find the shards of ``run_dir``, select ``epochs`` and validate every selected shard.
+def open_run(run_dir: RunDirLike, epochs: str | EpochSelection | None = None) -> Run:
+    """Find the shards of ``run_dir`` (a directory, or an fsspec URL: :mod:`aum_replay.location`),
+    select ``epochs`` and validate every selected shard.
 
     Raises
     ------
@@ -100,16 +101,13 @@ def open_run(run_dir: str | Path, epochs: str | EpochSelection | None = None) ->
     InputError
         A malformed selection, or one that matches no epoch.
     """
-    path = Path(run_dir).expanduser()
-    if not path.exists():
-        raise FormatError(f"{path}: run directory does not exist")
-    if not path.is_dir():
-        raise FormatError(f"{path}: not a directory")
-    found = list_shards(path)
-    temporaries = tuple(list_temporaries(path))
+    path = location(run_dir)
+    entries = list_dir(path)
+    found = list_shards(path, entries)
+    temporaries = tuple(list_temporaries(path, entries))
+    lookalikes = tuple(list_lookalikes(path, entries))
     if not found:
         extra = f" (only {len(temporaries)} unfinished temporary file(s))" if temporaries else ""
-        lookalikes = list_lookalikes(path)
         if lookalikes:
             extra += (
                 f"; {lookalikes[0].name} looks like a shard but is not named like one (zero-padded "
@@ -150,7 +148,7 @@ def open_run(run_dir: str | Path, epochs: str | EpochSelection | None = None) ->
         temporaries,
         first.num_classes,
         first.id_kind,
-        tuple(list_lookalikes(path)),
+        lookalikes,
     )
 
 
@@ -461,7 +459,7 @@ def verify_run(run: Run) -> int:
     return checked
 
 
-def describe_run(run_dir: str | Path) -> RunSummary:
+def describe_run(run_dir: RunDirLike) -> RunSummary:
     """Validate every shard of ``run_dir`` and count rows, ids, duplicates and gaps per epoch.
 
     ``missing_ids`` of an epoch counts the ids that other epochs have and this one lacks;

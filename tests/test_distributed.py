@@ -161,6 +161,23 @@ def test_a_corrupt_shard_is_one_error_naming_it_and_nothing_is_written(
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_run_served_over_http_replays_on_the_workers(
+    client: Any, served: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Workers that share no filesystem with the client: each task opens its shard by URL
+    (fsspec's HTTP filesystem, ranged reads) on its own worker process."""
+    pytest.importorskip("aiohttp")
+    root, base = served
+    run = record(root / "dask-http", ids=[f"s{i}" for i in range(300)], world_size=3)
+    compute(run, tmp_path / "local")
+    remote = compute(f"{base}/dask-http", tmp_path / "dask", client=client)
+    same_files(tmp_path / "local", tmp_path / "dask", (VALUES_NAME, FULL_NAME))
+    assert str(remote.run_dir) == f"{base}/dask-http"
+    dynamics(run, tmp_path / "dyn-local")
+    dynamics(f"{base}/dask-http", tmp_path / "dyn-dask", client=client)
+    same_files(tmp_path / "dyn-local", tmp_path / "dyn-dask", (DYNAMICS_NAME,))
+
+
 def test_cli_dask_local_cluster(tmp_path: Path) -> None:
     run = record(tmp_path / "run", ids=list(range(200)))
     compute(run, tmp_path / "local")

@@ -9,6 +9,7 @@ identical to the clean run's.
 from __future__ import annotations
 
 import filecmp
+import functools
 import json
 import os
 import shutil
@@ -204,7 +205,7 @@ def rewrite_manifest(path: Path, change: dict[str, object]) -> None:
     """Replace a v2 shard's manifest with an edited one, checksummed anew."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        found = manifest.read(f.fileno(), size)
+        found = manifest.read(functools.partial(os.pread, f.fileno()), size)
     assert isinstance(found, tuple)
     record, table, start = found
     data = path.read_bytes()[:start]
@@ -313,7 +314,7 @@ def test_the_manifest_is_one_json_record_that_validates_fast_enough_to_count(
     path = list_shards(run)[0][2]
     fd = os.open(path, os.O_RDONLY)
     try:
-        found = manifest.read(fd, os.fstat(fd).st_size)
+        found = manifest.read(functools.partial(os.pread, fd), os.fstat(fd).st_size)
     finally:
         os.close(fd)
     assert isinstance(found, tuple)

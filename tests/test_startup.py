@@ -15,7 +15,7 @@ from aum_replay import LogitLogger
 
 HEAVY = (
     "torch", "matplotlib", "lightning", "pytorch_lightning", "transformers", "dask",
-    "distributed", "pandas",
+    "distributed", "pandas", "fsspec", "aiohttp",
 )  # fmt: skip
 
 CHECK = """

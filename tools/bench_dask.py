@@ -15,18 +15,25 @@ replay's. Prints ONE JSON line.
 On a 2-core machine the honest expectation is parity, not speedup: the client folds every row
 and the workers share the same two cores with it.
 
+With ``--http``, the run is also served by a separate HTTP server process with byte ranges
+(``tests/range_server.py``, as an object store serves a bucket) and replayed from its URL
+through fsspec, locally and on each cluster: the same files, over the network stack.
+
 Usage::
 
     python tools/bench_dask.py
+    python tools/bench_dask.py --http                                   # + fsspec over HTTP
     python tools/bench_dask.py --samples 5000 --epochs 4 --repeats 1     # a quick run
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,7 +76,7 @@ def payload_bytes(value: Any) -> int:
     return int(getattr(value, "nbytes", 0))
 
 
-def timed(run_dir: Path, out: Path, repeats: int, client: Any = None) -> dict[str, Any]:
+def timed(run_dir: Path | str, out: Path, repeats: int, client: Any = None) -> dict[str, Any]:
     from aum_replay import compute
     from aum_replay import distributed as dist
 
@@ -101,6 +108,24 @@ def timed(run_dir: Path, out: Path, repeats: int, client: Any = None) -> dict[st
     return figures
 
 
+def identical(a: Path, b: Path) -> bool:
+    names = ("aum_values.csv", "full_aum_records.csv")
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+def serve(root: Path, stack: contextlib.ExitStack) -> str:
+    """Serve ``root`` from a separate HTTP server process with byte ranges; its base URL."""
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parents[1] / "tests" / "range_server.py"), str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stack.callback(server.wait)
+    stack.callback(server.kill)
+    assert server.stdout is not None
+    return f"http://127.0.0.1:{int(server.stdout.readline())}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=50_000)
@@ -108,6 +133,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--http", action="store_true", help="also replay the run over HTTP")
     args = parser.parse_args()
 
     import cloudpickle
@@ -119,6 +145,7 @@ def main() -> None:
     from aum_replay.run import IdIndex, open_run, scan_ids
 
     tmp = Path(tempfile.mkdtemp(prefix="aum-replay-bench-dask-"))
+    stack = contextlib.ExitStack()
     report: dict[str, Any] = {"bench": "dask", "samples": args.samples,
                               "classes": args.classes, "epochs": args.epochs,
                               "ranks": args.ranks}  # fmt: skip
@@ -134,6 +161,10 @@ def main() -> None:
         )
         timed(run_dir, tmp / "warm", 1)  # page cache
         report["local"] = timed(run_dir, tmp / "local", args.repeats)
+        url = serve(tmp, stack) + "/run" if args.http else None
+        if url:
+            report["http_local"] = timed(url, tmp / "http", args.repeats)
+            report["http_local"]["identical"] = identical(tmp / "http", tmp / "local")
         for workers in (1, 2):
             started = time.perf_counter()
             with (
@@ -147,18 +178,25 @@ def main() -> None:
                 out = tmp / f"dask{workers}"
                 figures = timed(run_dir, out, args.repeats, client)
                 figures["cluster_start_s"] = round(up, 2)
-                for name in ("aum_values.csv", "full_aum_records.csv"):
-                    same = (out / name).read_bytes() == (tmp / "local" / name).read_bytes()
-                    figures[f"identical_{name}"] = same
+                figures["identical"] = identical(out, tmp / "local")
                 report[f"dask_{workers}_workers"] = figures
+                if url:
+                    figures = timed(url, tmp / f"http{workers}", args.repeats, client)
+                    figures["identical"] = identical(tmp / f"http{workers}", tmp / "local")
+                    report[f"http_dask_{workers}_workers"] = figures
         report["client_peak_rss_mib"] = round(peak_rss_mib(), 1)
     finally:
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
     local = report["local"]["seconds"]
     report["ratios"] = {
-        f"dask_{w}_vs_local": round(report[f"dask_{w}_workers"]["seconds"] / local, 2)
-        for w in (1, 2)
-    }
+        f"{key}_vs_local": round(report[key]["seconds"] / local, 2)
+        for key in (
+            "dask_1_workers", "dask_2_workers", "http_local", "http_dask_1_workers",
+            "http_dask_2_workers",
+        )
+        if key in report
+    }  # fmt: skip
     report["machine"] = (
         f"{platform.machine()} {platform.python_version()} "
         f"distributed {distributed.__version__}, {len(__import__('os').sched_getaffinity(0))} cores"
