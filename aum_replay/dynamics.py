@@ -112,7 +112,7 @@ def _replay(
         clean=clean,
         counts=scan.appearances if clean else None,
     )
-    segments = stream(run, scan.index_keys, fold.needs, None, block_bytes, workers, client)
+    segments = stream(run, scan, fold.needs, None, block_bytes, workers, client)
     feed(fold, segments, run.num_rows, progress)
     folded = fold.result(run.num_rows)
     signals = folded.signals

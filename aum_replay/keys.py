@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Collision", "HashIndex", "hash_keys", "unique_keys"]
+__all__ = ["Collision", "HashIndex", "hash_keys", "unique_keys", "unique_keys_inverse"]
 
 _MULTIPLY = np.uint64(0xFF51AFD7ED558CCD)
 _SEED = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT = np.uint64(33)
+_SLOT = np.dtype([("hash", "<u8"), ("index", "<i8")])
 
 
 class Collision(Exception):
@@ -35,7 +36,7 @@ def hash_keys(keys: np.ndarray) -> np.ndarray:
         return keys.astype(np.int64, copy=False).view(np.uint64)
     n, width = len(keys), keys.dtype.itemsize
     words = -(-width // 8)
-    raw = keys.view(np.uint8).reshape(n, width)
+    raw = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)
     if width % 8:
         padded = np.zeros((n, words * 8), dtype=np.uint8)
         padded[:, :width] = raw
@@ -57,6 +58,14 @@ def unique_keys(
 
     Raises :class:`Collision` when two distinct keys share a hash.
     """
+    distinct, h, _ = unique_keys_inverse(keys, hashes)
+    return distinct, h
+
+
+def unique_keys_inverse(
+    keys: np.ndarray, hashes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`unique_keys`, and the position of each key of ``keys`` among the distinct ones."""
     h = hash_keys(keys) if hashes is None else hashes
     order = np.argsort(h)
     h = h[order]
@@ -67,58 +76,87 @@ def unique_keys(
     distinct = ordered[first]
     if not (ordered == distinct[group]).all():
         raise Collision
-    return distinct, h[first]
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = group
+    return distinct, h[first], inverse
 
 
 class HashIndex:
-    """Dense index of keys in a sorted ``universe`` of distinct keys, by hash.
+    """Dense index of keys in ``universe``, an array of distinct keys (any order), by hash.
 
     An open-addressing table of at least twice as many slots as keys, filled and probed
     (linear probing) for all keys of a block at once: a lookup is one or two gathers a key.
     Raises :class:`Collision` on construction when two universe keys share a hash.
     """
 
-    def __init__(self, universe: np.ndarray) -> None:
+    def __init__(self, universe: np.ndarray, hashes: np.ndarray | None = None) -> None:
         self.universe = universe
         n = len(universe)
-        self._hashes = hash_keys(universe)
-        ordered = np.sort(self._hashes)
+        h = hash_keys(universe) if hashes is None else hashes
+        ordered = np.sort(h)
         if n > 1 and (ordered[1:] == ordered[:-1]).any():
             raise Collision
         bits = max(4, (2 * n - 1).bit_length())
         self._mask = (1 << bits) - 1
         self._shift = np.uint64(64 - bits)
-        self._table = np.full(1 << bits, -1, dtype=np.int64)
-        slot = self._slots(self._hashes)
+        # A slot holds a key's hash and index side by side: a probe is one gather, one cache
+        # line, where two arrays would cost two misses a key in a table larger than the caches.
+        self._table = np.zeros(1 << bits, dtype=_SLOT)
+        self._table["index"] = -1
+        slot = self._slots(h)
         pending = np.arange(n)
-        while len(pending):
-            free = pending[self._table[slot[pending]] < 0]
-            _, first = np.unique(slot[free], return_index=True)  # one key a free slot
-            placed = free[first]
-            self._table[slot[placed]] = placed
+        while len(pending):  # each pending key claims its slot if free; one of several wins
+            free = pending[self._table["index"][slot[pending]] < 0]
+            self._table["index"][slot[free]] = free
+            placed = free[self._table["index"][slot[free]] == free]
+            self._table["hash"][slot[placed]] = h[placed]
             waiting = np.ones(n, dtype=bool)
             waiting[placed] = False
             pending = pending[waiting[pending]]
             slot[pending] = (slot[pending] + 1) & self._mask
 
     def _slots(self, h: np.ndarray) -> np.ndarray:
-        return (h >> self._shift).astype(np.int64)
+        # Fibonacci hashing: the top bits of h times an odd constant. String hashes are mixed
+        # already; int ids are their own hash, and their top bits alone would all be zero.
+        return ((h * _MULTIPLY) >> self._shift).astype(np.int64)
+
+    #: Keys looked up at once: the temporaries of a lookup stay in the CPU caches (a whole
+    #: epoch at once runs ~2x slower a key than pieces of this size).
+    PIECE = 16384
+
+    def find(self, keys: np.ndarray, hashes: np.ndarray | None = None) -> np.ndarray:
+        """The index of each key (B,) ``int64``, -1 for a key not in the universe."""
+        if len(keys) > self.PIECE:
+            index = np.empty(len(keys), dtype=np.int64)
+            for lo in range(0, len(keys), self.PIECE):
+                hi = lo + self.PIECE
+                index[lo:hi] = self.find(keys[lo:hi], None if hashes is None else hashes[lo:hi])
+            return index
+        if not len(keys):
+            return np.zeros(0, dtype=np.int64)
+        h = hash_keys(keys) if hashes is None else hashes
+        slot = self._slots(h)
+        entries = self._table[slot]
+        index = np.ascontiguousarray(entries["index"])
+        todo = np.flatnonzero((entries["hash"] != h) | (index < 0))
+        while len(todo):  # the few keys whose slot another key took first: probe on
+            todo = todo[index[todo] >= 0]  # an empty slot before the key: not in the universe
+            slot[todo] = (slot[todo] + 1) & self._mask
+            entries = self._table[slot[todo]]
+            index[todo] = entries["index"]
+            todo = todo[(entries["hash"] != h[todo]) & (entries["index"] >= 0)]
+        hit = index >= 0
+        if hit.all():
+            wrong = self.universe[index] != keys
+        else:
+            wrong = np.zeros(len(keys), dtype=bool)
+            wrong[hit] = self.universe[index[hit]] != keys[hit]
+        index[wrong] = -1  # another key with the same hash: not this one
+        return index
 
     def __call__(self, keys: np.ndarray) -> np.ndarray | None:
         """The index of each key (B,) ``int64``, or ``None`` if some key is not in the universe."""
-        if not len(keys):
-            return np.zeros(0, dtype=np.int64)
-        h = hash_keys(keys)
-        slot = self._slots(h)
-        index = self._table[slot]
-        todo = np.flatnonzero((index < 0) | (self._hashes[index] != h))
-        while len(todo):  # the few keys whose slot another key took first: probe on
-            slot[todo] = (slot[todo] + 1) & self._mask
-            found = self._table[slot[todo]]
-            if (found < 0).any():
-                return None  # an empty slot before the key: not in the universe
-            index[todo] = found
-            todo = todo[self._hashes[found] != h[todo]]
-        if not (self.universe[index] == keys).all():
+        index = self.find(keys)
+        if len(index) and int(index.min()) < 0:
             return None
         return index

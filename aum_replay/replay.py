@@ -263,7 +263,7 @@ def _compute(
             sink=spill.sink if spill is not None else None,
         )
         needs = fold.needs | (RECORD_STATS if keep_records else set())
-        segments = stream(run, scan.index_keys, needs, device, block_bytes, workers, client)
+        segments = stream(run, scan, needs, device, block_bytes, workers, client)
         feed(fold, segments, run.num_rows, progress)
         folded = fold.result(run.num_rows)
         aum = folded.signals["aum"]
@@ -326,7 +326,7 @@ def id_scan(run: Run, client: Any = None) -> IdScan:
 
 def stream(
     run: Run,
-    keys: np.ndarray,
+    scan: IdScan,
     needs: frozenset[str],
     device: Any,
     block_bytes: int,
@@ -334,15 +334,15 @@ def stream(
     client: Any = None,
 ) -> Iterator[Segment]:
     """Every selected row through the kernel computing ``needs``: here, in measurement order,
-    or on the cluster of ``client``, in arrival order (a :class:`Fold` takes either). ``keys``:
-    the id universe as rows are read (:attr:`aum_replay.run.IdScan.index_keys`)."""
-    ids = IdIndex(keys, run.id_kind)
+    or on the cluster of ``client``, in arrival order (a :class:`Fold` takes either). ``scan``:
+    the run's :func:`id_scan`, whose universe the rows' ids are indexed in."""
+    ids = IdIndex(scan.index_keys, run.id_kind)
     if client is None:
         if all(shard.storage == "summary" for shard in run.shards):
             # A summary block is a few vector operations on ~40 bytes a row: handing it to a
             # thread costs more than doing it (6.3 against 9.3 ms for 200k rows at C=1000).
             workers = 0
-        return _stream(run, ids, _kernel(device, needs), block_bytes, workers)
+        return _stream(run, ids, _kernel(device, needs), block_bytes, workers, scan.rows)
     from aum_replay import distributed
 
     return distributed.segments(client, run, ids, needs, block_bytes=block_bytes)
@@ -436,8 +436,12 @@ def _stream(
     kernel: Kernel,
     block_bytes: int,
     workers: int,
+    resolved: dict[Location, np.ndarray] | None = None,
 ) -> Iterator[Segment]:
     """Blocks of every selected shard, through the kernel, in measurement order.
+
+    ``resolved`` (:attr:`aum_replay.run.IdScan.rows`): each shard's rows' indices, already
+    found by the id scan; the ids are then not read again.
 
     ``workers`` threads each read a block into a buffer of their own and compute its margins
     while the block is still in that core's cache; the caller gets the blocks back in order.
@@ -468,7 +472,8 @@ def _stream(
             if buffer is None:
                 disk = DISK_DTYPES[shard.stored_dtype]
                 buffer = state[shard.stored_dtype] = np.empty((longest, run.num_classes), disk)
-        return read_segment(reader, start, stop, positions[i], ids, kernel, buffer)
+        index = ids if resolved is None else resolved[shard.path]
+        return read_segment(reader, start, stop, positions[i], index, kernel, buffer)
 
     positions = np.cumsum([0] + [stop - start for _, start, stop in plan]).tolist()
     try:
@@ -486,11 +491,13 @@ def read_segment(
     start: int,
     stop: int,
     position: int,
-    ids: IdIndex,
+    ids: IdIndex | np.ndarray,
     kernel: Kernel,
     buffer: np.ndarray | None,
 ) -> Segment:
     """Rows ``start:stop`` of one shard through the kernel, as the segment at ``position``.
+
+    ``ids`` maps the rows' ids to their index, or is already every row's index in the shard.
 
     ``buffer`` (at least ``stop - start`` rows of the shard's disk dtype) receives the logits
     and is the kernel's scratch; a summary shard (``storage="summary"``) needs none.
@@ -502,7 +509,10 @@ def read_segment(
     else:
         logits, targets = reader.read_arrays(start, stop, out=buffer)
     check_targets(targets, shard.num_classes, f"{shard.path} rows {start}:{stop}")
-    index = ids(reader.read_id_keys(start, stop))  # string ids as UTF-8 keys: no str a row
+    if isinstance(ids, np.ndarray):
+        index = ids[start:stop].astype(np.int64)
+    else:
+        index = ids(reader.read_id_keys(start, stop))  # string ids as UTF-8 keys: no str a row
     stats = kernel(logits, targets, shard.stored_dtype)
     margin = stats.get("margin")
     finite = None if margin is None else bool(np.isfinite(margin.sum()))  # here: one pass

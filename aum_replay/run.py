@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ from aum_replay.format import (
     read_all_ids,
     read_info,
 )
-from aum_replay.keys import Collision, HashIndex, unique_keys
+from aum_replay.keys import Collision, HashIndex, hash_keys, unique_keys_inverse
 from aum_replay.location import Location, RunDirLike, list_dir, location
 
 __all__ = [
@@ -199,6 +201,13 @@ class IdScan:
     """String ids: the universe as the replay reads ids (their UTF-8 bytes, a fixed-width ``S``
     array, see :meth:`~aum_replay.format.ShardReader.read_id_keys`), in the same order; ``None``
     for int ids. Mapping keys costs no Python object per row."""
+    rows: dict[Location, np.ndarray] | None = field(default=None, repr=False)
+    """String ids, when they fit in :data:`RESOLVED_BYTES`: per shard, every row's index in
+    ``universe`` (``int32``), found by the scan that read them, so that the replay need not read,
+    hash and look up the ids a second time; ``None`` otherwise (the replay looks them up)."""
+    order: np.ndarray | None = field(default=None, repr=False)
+    """:func:`scan_epochs` of string ids: the permutation that sorted the ids from the order they
+    were first seen in (what its ``found_rows`` index)."""
 
     @property
     def index_keys(self) -> np.ndarray:
@@ -289,9 +298,27 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
     return IdScan(universe, None)
 
 
+#: Most bytes the scan of a string-id run keeps to hand every row's index to the replay
+#: (:attr:`IdScan.rows`, 4 bytes a row: 64M rows); a larger run's replay looks its ids up again.
+RESOLVED_BYTES = 256 << 20
+
+
 def _scan_string_keys(shards: Sequence[ShardInfo]) -> IdScan:
     """:func:`scan_ids` of string ids by their hashes (see :func:`scan_epochs`)."""
-    return scan_epochs(_epoch_keys(shards), "str")
+    keep = sum(s.num_rows for s in shards) * 4 <= RESOLVED_BYTES
+    found: list[np.ndarray] | None = [] if keep else None
+    scan = scan_epochs(_epoch_keys(shards), "str", found)
+    if found is None:
+        return scan
+    rank = np.empty(len(scan.universe), dtype=np.int32)  # arrival order -> sorted universe
+    rank[scan.order] = np.arange(len(scan.universe), dtype=np.int32)
+    resolved = rank[np.concatenate(found)] if found else np.zeros(0, dtype=np.int32)
+    rows: dict[Location, np.ndarray] = {}
+    at = 0
+    for info in shards:
+        rows[info.path] = resolved[at : at + info.num_rows]
+        at += info.num_rows
+    return dataclasses.replace(scan, rows=rows, order=None)
 
 
 def _epoch_keys(shards: Sequence[ShardInfo]) -> Iterator[tuple[list[np.ndarray], int]]:
@@ -308,34 +335,60 @@ def _epoch_keys(shards: Sequence[ShardInfo]) -> Iterator[tuple[list[np.ndarray],
             parts, rows = [], 0
 
 
-def scan_epochs(epochs: Iterable[tuple[list[np.ndarray], int]], id_kind: str) -> IdScan:
+def scan_epochs(
+    epochs: Iterable[tuple[list[np.ndarray], int]],
+    id_kind: str,
+    found_rows: list[np.ndarray] | None = None,
+) -> IdScan:
     """The id scan of a run from, per epoch in order, id keys of its shards (repeats allowed;
     :meth:`~aum_replay.format.ShardReader.read_id_keys`) and its number of rows.
 
-    Each epoch's distinct ids (an epoch holds an id twice if it has fewer distinct ids than
-    rows) are merged into the run's with the number of epochs each appears in, by hash
-    (:mod:`aum_replay.keys`: integers sort, the universe itself once). Raises
+    The distinct ids seen so far are kept in arrival order with a
+    :class:`~aum_replay.keys.HashIndex` over them: an epoch's keys are looked up (a hash and a
+    gather a row, no sort), only ids never seen before are sorted and added, and a bincount of
+    the lookups gives how often each id appears in the epoch (an epoch holds an id twice if it
+    has fewer distinct ids than rows). The universe is sorted once, at the end. Raises
     :class:`~aum_replay.keys.Collision` for two string ids with one hash.
+
+    ``found_rows``, a list, receives per epoch each key's index in arrival order (the returned
+    scan's ``order`` sorts them), for :attr:`IdScan.rows`.
     """
     keys = np.zeros(0, dtype=np.int64 if id_kind == "int" else "S1")
     hashes = np.zeros(0, dtype=np.uint64)
     counts = np.zeros(0, dtype=np.int64)  # per distinct id so far: epochs it appears in
+    index: HashIndex | None = None
     clean = True
     for parts, rows in epochs:
-        distinct, h = unique_keys(np.concatenate(parts))  # the epoch's ids
-        clean = clean and len(distinct) == rows
-        every = np.concatenate([keys, distinct])
-        every_hash = np.concatenate([hashes, h])
-        seen = np.concatenate([counts, np.ones(len(distinct), dtype=np.int64)])
-        keys, hashes = unique_keys(every, every_hash)
-        group = np.searchsorted(hashes, every_hash)  # each entry's id in the merge
-        counts = np.bincount(group, weights=seen, minlength=len(keys)).astype(np.int64)
+        epoch = np.concatenate(parts)
+        h = hash_keys(epoch)
+        found = index.find(epoch, h) if index is not None else np.full(len(epoch), -1)
+        new = found < 0
+        if new.any():  # ids not seen in an earlier epoch: add them, index them anew
+            distinct, distinct_hash, inverse = unique_keys_inverse(epoch[new], h[new])
+            found[new] = len(keys) + inverse
+            keys = _append(keys, distinct)
+            hashes = np.concatenate([hashes, distinct_hash])
+            counts = np.concatenate([counts, np.zeros(len(distinct), dtype=np.int64)])
+            index = HashIndex(keys, hashes)
+        if found_rows is not None:
+            found_rows.append(found.astype(np.int32))
+        per_id = np.bincount(found, minlength=len(keys))
+        present = per_id > 0
+        clean = clean and int(np.count_nonzero(present)) == rows
+        counts += present
     order = np.argsort(keys)  # ints by value; UTF-8 bytes sort as the code points do
     universe = keys[order]
     appearances = counts[order] if clean else None
     if id_kind == "int":
         return IdScan(universe, appearances)
-    return IdScan(decode_keys(universe), appearances, universe)
+    return IdScan(decode_keys(universe), appearances, universe, order=order)
+
+
+def _append(keys: np.ndarray, more: np.ndarray) -> np.ndarray:
+    """``keys`` then ``more``; ``S`` keys widened to the wider of the two."""
+    if keys.dtype.kind == "S" and more.dtype.itemsize > keys.dtype.itemsize:
+        keys = keys.astype(more.dtype)
+    return np.concatenate([keys, more.astype(keys.dtype, copy=False)])
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -364,9 +417,10 @@ class IdIndex:
         self._low = 0
         self._consecutive = False
         self._hashed: HashIndex | None = None
-        if id_kind == "str" and universe.dtype.kind == "S":  # UTF-8 keys: look up by hash
-            with suppress(Collision):
-                self._hashed = HashIndex(universe)
+        # UTF-8 keys are looked up by hash, in a table built at the first lookup: a replay whose
+        # scan resolved every row (IdScan.rows) never needs it.
+        self._hash_pending = id_kind == "str" and universe.dtype.kind == "S"
+        self._lock = threading.Lock()
         if id_kind == "int" and len(universe):
             low, high = int(universe[0]), int(universe[-1])
             self._low = low
@@ -375,8 +429,25 @@ class IdIndex:
                 self._lut = np.full(high - low + 1, -1, dtype=np.int64)
                 self._lut[universe - low] = np.arange(len(universe), dtype=np.int64)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to Dask workers: without the lock, and without a hash table they rebuild.
+        state = {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        if state["_hashed"] is not None:
+            state["_hashed"], state["_hash_pending"] = None, True
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """Dense index of each id, shape (B,) ``int64`` (``ids`` itself when they are 0..N-1)."""
+        if self._hash_pending:
+            with self._lock:
+                if self._hash_pending:
+                    with suppress(Collision):
+                        self._hashed = HashIndex(self.universe)
+                    self._hash_pending = False
         if self._hashed is not None and ids.dtype.kind == "S":
             index = self._hashed(ids)
             if index is None:

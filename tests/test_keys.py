@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from aum_replay import LogitLogger, compute, keys
 from aum_replay.csvout import FULL_NAME, VALUES_NAME
+from aum_replay.format import read_all_id_keys
 from aum_replay.keys import Collision, HashIndex, hash_keys, unique_keys
 from aum_replay.run import open_run, scan_ids
 
@@ -97,3 +98,31 @@ def test_the_merge_by_hash_scans_int_ids_as_the_stamp_table_does(tmp_path: Path,
     assert (merged.appearances is None) == (stamped.appearances is None) == (pad > 0)
     if stamped.appearances is not None:
         assert np.array_equal(merged.appearances, stamped.appearances)
+
+
+def test_rows_resolved_by_the_scan_replay_as_rows_looked_up_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan hands the replay every row's index (IdScan.rows); past RESOLVED_BYTES the
+    replay looks the ids up itself. Both give the same files, and the indices are the lookups'."""
+    import pickle
+
+    from aum_replay import run as run_module
+    from aum_replay.run import IdIndex
+
+    run = record(tmp_path / "run")
+    opened = open_run(run, None)
+    scan = scan_ids(opened.shards, "str")
+    assert scan.rows is not None and set(scan.rows) == {s.path for s in opened.shards}
+    index = IdIndex(scan.index_keys, "str")
+    for shard in opened.shards:
+        looked_up = index(read_all_id_keys(shard))
+        assert np.array_equal(scan.rows[shard.path], looked_up)
+    assert np.array_equal(pickle.loads(pickle.dumps(index))(scan.keys[::-1]), np.arange(80)[::-1])
+    compute(run, tmp_path / "resolved")
+    monkeypatch.setattr(run_module, "RESOLVED_BYTES", 0)
+    assert scan_ids(opened.shards, "str").rows is None
+    compute(run, tmp_path / "looked-up")
+    for name in (VALUES_NAME, FULL_NAME):
+        a, b = (tmp_path / "resolved" / name), (tmp_path / "looked-up" / name)
+        assert a.read_bytes() == b.read_bytes()
