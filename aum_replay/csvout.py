@@ -86,14 +86,20 @@ def to_frame(columns: Mapping[str, np.ndarray | pl.Series]) -> pl.DataFrame:
     return pl.DataFrame(data)
 
 
-def sort_values(sample_ids: np.ndarray, aum: np.ndarray) -> np.ndarray:
+def sort_values(
+    sample_ids: np.ndarray, aum: np.ndarray, *, ascending_ids: bool = False
+) -> np.ndarray:
     """Row order of ``aum_values.csv``: aum descending, NaN last, ties by ``sample_id`` ascending.
 
-    ``sample_ids`` (N,) ints or strings, ``aum`` (N,) float64. Returns a permutation (N,).
+    ``sample_ids`` (N,) ints or strings, ``aum`` (N,) float64; ``ascending_ids``: the caller
+    knows them distinct and ascending (a replay's universe), so they are not compared. Returns
+    a permutation (N,).
     """
     aum = np.asarray(aum, dtype=np.float64)
     nan = np.isnan(aum)
-    in_order = len(sample_ids) < 2 or bool((sample_ids[1:] > sample_ids[:-1]).all())
+    in_order = (
+        ascending_ids or len(sample_ids) < 2 or bool((sample_ids[1:] > sample_ids[:-1]).all())
+    )
     if in_order and not (nan.any() and np.isneginf(aum).any()):
         # ids already ascending (a replay's universe): NaN after every value, ties by position.
         key = np.where(nan, np.inf, -aum)

@@ -117,7 +117,7 @@ def _replay(
     folded = fold.result(run.num_rows)
     signals = folded.signals
     columns: dict[str, Any] = {
-        "sample_id": universe,
+        "sample_id": scan.id_column(),
         "target": folded.labels,
         "num_measurements": folded.counts,
     }

@@ -268,10 +268,11 @@ def _compute(
         folded = fold.result(run.num_rows)
         aum = folded.signals["aum"]
         counts = folded.counts
-        order = sort_values(universe, aum)
+        order = sort_values(universe, aum, ascending_ids=True)
+        ids = scan.id_column().gather(order)
         table = pl.DataFrame(
             {
-                "sample_id": universe[order],
+                "sample_id": ids,
                 "aum": aum[order],
                 "num_measurements": counts[order],
                 "target": folded.labels[order],
@@ -282,7 +283,7 @@ def _compute(
         if outputs is not None:
             with writing(outputs.out_dir, VALUES_NAME):
                 values_csv = outputs.csv(VALUES_NAME, VALUES_COLUMNS)
-                values_csv.write({"sample_id": universe[order], "aum": aum[order]})
+                values_csv.write({"sample_id": ids, "aum": aum[order]})
             if spill is not None:
                 with writing(outputs.out_dir, FULL_NAME):
                     full_csv = outputs.csv(FULL_NAME, FULL_COLUMNS)

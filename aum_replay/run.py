@@ -24,7 +24,7 @@ from aum_replay.format import (
     read_all_ids,
     read_info,
 )
-from aum_replay.keys import Collision, HashIndex, hash_keys, unique_keys_inverse
+from aum_replay.keys import Collision, HashIndex, hash_keys, sort_order, unique_keys_inverse
 from aum_replay.location import Location, RunDirLike, list_dir, location
 
 __all__ = [
@@ -209,6 +209,15 @@ class IdScan:
     """:func:`scan_epochs` of string ids: the permutation that sorted the ids from the order they
     were first seen in (what its ``found_rows`` index)."""
 
+    def id_column(self, name: str = "sample_id") -> Any:
+        """The universe as a polars column: string ids straight from their UTF-8 keys (a
+        byte copy, ~8x cheaper than converting numpy's unicode array)."""
+        import polars as pl
+
+        if self.keys is not None:
+            return pl.Series(name, self.keys).cast(pl.String)
+        return pl.Series(name, self.universe)
+
     @property
     def index_keys(self) -> np.ndarray:
         """What an :class:`IdIndex` over this run is built from (see ``keys``)."""
@@ -376,7 +385,7 @@ def scan_epochs(
         present = per_id > 0
         clean = clean and int(np.count_nonzero(present)) == rows
         counts += present
-    order = np.argsort(keys)  # ints by value; UTF-8 bytes sort as the code points do
+    order = sort_order(keys)  # ints by value; UTF-8 bytes sort as the code points do
     universe = keys[order]
     appearances = counts[order] if clean else None
     if id_kind == "int":

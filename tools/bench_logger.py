@@ -18,10 +18,17 @@ Extra memory is reported two ways: ``buffer_bytes``, the host buffers the logger
 ``rss_peak_growth_bytes``, how much the process's peak resident set (VmHWM) grew once the logger
 ran, against the peak of the same loop without it (tracemalloc cannot see torch's allocations).
 
+``--formats`` times the formats instead (issue 13's figures): at C=100 and C=1000 classes, the
+same loop (the MLP's last layer has C outputs) runs in alternating blocks without a logger and with
+a logger writing format v1, format v2 full logits and format v2 ``storage="summary"`` (a fresh
+run directory each), and reports per kind the median step, the median ``log()`` call, the disk
+bytes a row, and the ratios against v1 and against v2's full logits.
+
 Usage::
 
     python tools/bench_logger.py [--threads 1] [--rounds 10] [--steps 20] [--steps-per-epoch 100]
                                  [--frameworks lightning,transformers] [--framework-rounds 4]
+    python tools/bench_logger.py --formats [--rounds 10] [--steps 20]
 """
 
 from __future__ import annotations
@@ -75,7 +82,12 @@ def main() -> None:
     parser.add_argument(
         "--framework-rounds", type=int, default=4, help="alternating fits per framework, each way"
     )
+    parser.add_argument("--formats", action="store_true", help="time v1, v2 and v2 summary")
     args = parser.parse_args()
+    if args.formats:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(bench_formats(args)))
+        return
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -173,14 +185,106 @@ def main() -> None:
     )
 
 
-def make_mlp() -> torch.nn.Module:
+#: The loggers ``--formats`` compares: name -> LogitLogger options.
+FORMATS = {
+    "v1": {"format_version": 1},
+    "v2_logits": {},
+    "v2_summary": {"storage": "summary"},
+}
+
+
+def bench_formats(args: argparse.Namespace) -> dict[str, Any]:
+    """Per class count, the loop without a logger and with each of :data:`FORMATS`, alternated."""
+    report: dict[str, Any] = {"bench": "logger_formats", "aum_replay": __version__,
+                              "torch": torch.__version__, "threads": args.threads,
+                              "batch": BATCH, "rounds": args.rounds,
+                              "steps_per_block": args.steps}  # fmt: skip
+    for classes in (100, 1000):
+        torch.manual_seed(0)
+        model = make_mlp(classes)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        pool = [(torch.randn(BATCH, IN), torch.randint(0, classes, (BATCH,))) for _ in range(16)]
+
+        def step(
+            i: int, logger: LogitLogger | None, model: Any = model, opt: Any = opt, pool: Any = pool
+        ) -> tuple[float, float]:
+            inputs, targets = pool[i % len(pool)]
+            start = time.perf_counter()
+            logits = model(inputs)
+            loss = torch.nn.functional.cross_entropy(logits, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            log_s = 0.0
+            if logger is not None:
+                t = time.perf_counter()
+                first = (i % args.steps_per_epoch) * BATCH
+                ids = torch.arange(first, first + BATCH)
+                logger.log(logits, targets, ids, epoch=i // args.steps_per_epoch)
+                log_s = time.perf_counter() - t
+            return time.perf_counter() - start, log_s
+
+        with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
+            loggers: dict[str, LogitLogger | None] = {"none": None}
+            for name, options in FORMATS.items():
+                loggers[name] = LogitLogger(Path(tmp) / name, max_pending=MAX_PENDING, **options)
+            steps = dict.fromkeys(loggers, 0)
+            times: dict[str, list[float]] = {name: [] for name in loggers}
+            calls: dict[str, list[float]] = {name: [] for name in loggers}
+            names = list(loggers)
+            for name in names:  # warm-up, each way
+                for _ in range(args.warmup):
+                    step(steps[name], loggers[name])
+                    steps[name] += 1
+            for r in range(args.rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    for _ in range(args.steps):
+                        seconds, log_s = step(steps[name], loggers[name])
+                        steps[name] += 1
+                        times[name].append(seconds)
+                        calls[name].append(log_s)
+            rows: dict[str, int] = {}
+            for name, logger in loggers.items():
+                if logger is not None:
+                    logger.close()
+                    rows[name] = steps[name] * BATCH
+            disk = {
+                name: sum(p.stat().st_size for p in (Path(tmp) / name).glob("*.h5"))
+                for name in FORMATS
+            }
+        step_ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        log_ms = {name: statistics.median(c) * 1e3 for name, c in calls.items() if name != "none"}
+        report[f"c{classes}"] = {
+            "step_ms": {k: round(v, 3) for k, v in step_ms.items()},
+            "log_call_ms": {k: round(v, 4) for k, v in log_ms.items()},
+            "disk_bytes_per_row": {k: round(disk[k] / rows[k], 1) for k in FORMATS},
+            "ratios": {
+                **{f"step_{k}_vs_none": round(step_ms[k] / step_ms["none"], 4) for k in FORMATS},
+                "log_call_v2_logits_vs_v1": round(log_ms["v2_logits"] / log_ms["v1"], 3),
+                "log_call_summary_vs_v2_logits": round(
+                    log_ms["v2_summary"] / log_ms["v2_logits"], 3
+                ),
+                "disk_v1_vs_summary": round(
+                    disk["v1"] / rows["v1"] / (disk["v2_summary"] / rows["v2_summary"]), 1
+                ),
+            },
+        }
+    report["goals_met"] = {
+        "c1000_summary_hook_no_slower": report["c1000"]["ratios"]["log_call_summary_vs_v2_logits"]
+        <= 1.0,
+        "c1000_summary_100x_less_disk": report["c1000"]["ratios"]["disk_v1_vs_summary"] >= 100,
+    }
+    return report
+
+
+def make_mlp(classes: int = CLASSES) -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
         torch.nn.Linear(IN, HIDDEN),
         torch.nn.ReLU(),
         torch.nn.Linear(HIDDEN, HIDDEN),
         torch.nn.ReLU(),
-        torch.nn.Linear(HIDDEN, CLASSES),
+        torch.nn.Linear(HIDDEN, classes),
     )
 
 
