@@ -510,8 +510,8 @@ class FlagRule(str, Enum):
 
 _RULE_TEXT = {
     "f1": (
-        "two-component mixture of the AUMs started at the threshold samples, expected-F1 cut, "
-        "never above the paper rule's"
+        "two-component mixture of the AUMs (with a uniform background for the tails) started "
+        "at the threshold samples, expected-F1 cut, never above the paper rule's"
     ),
     "paper": "SPEC section 5: a percentile of the threshold samples' AUMs",
     "replication": "the replication code's: more than 1% of threshold AUMs strictly greater",

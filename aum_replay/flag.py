@@ -5,8 +5,9 @@ alpha is taken from its threshold samples with a rule (or given), and the flags 
 the runs with the rule of :mod:`aum_replay.threshold`. The rules (``rule=``):
 
 ``"f1"`` (default)
-    A two-component mixture of the scored AUMs, started at the threshold samples, cut where the
-    expected F1 is largest but never above the paper rule's alpha on the same epochs
+    A two-component mixture of the scored AUMs (with a uniform background component for the
+    tails), started at the threshold samples, cut where the expected F1 is largest but never
+    above the paper rule's alpha on the same epochs
     (:func:`aum_replay.rules.capped_mixture_cut`), with ``epochs="auto"``;
     README "How flag chooses the cut-off" has the evidence.
 ``"paper"``

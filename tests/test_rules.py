@@ -89,6 +89,39 @@ def test_mixture_cut_is_a_scored_aum_and_handles_degenerate_input() -> None:
         mixture_f1_cut([np.nan], [0.0])
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_background_component_keeps_one_extreme_aum_from_taking_the_lower_component(
+    seed: int,
+) -> None:
+    # overlapping bumps (the memorising recipe's first epochs) plus one extreme AUM on each
+    # side: without the background the lower Gaussian spends itself on the -17 and flags only it
+    rng = np.random.default_rng(seed)
+    n, k = 1600, 480
+    truth = np.arange(n) < k
+    aums = np.where(truth, rng.normal(-1.0, 0.8, n), rng.normal(0.9, 0.9, n))
+    aums[0], aums[-1] = -17.0, 9.0
+    threshold = rng.normal(-1.7, 0.9, 160)
+    order = np.sort(aums)
+    best = max(f1(aums <= order[j], truth) for j in range(100, 900))  # the best cut possible
+    two, pi_two, _ = mixture_f1_cut(aums, threshold, background=False)
+    assert pi_two < 0.01 and f1(aums <= two, truth) < 0.05
+    alpha, pi, expected = mixture_f1_cut(aums, threshold)
+    assert pi == pytest.approx(0.3, abs=0.11)
+    assert f1(aums <= alpha, truth) > best - 0.06
+    assert aums[0] <= alpha  # the extreme low AUM is still flagged: its background share goes low
+    assert 0.0 < expected <= 1.0
+    assert capped_mixture_cut(aums, threshold).alpha <= max(alpha, np.percentile(threshold, 99))
+
+
+def test_background_takes_no_weight_from_two_gaussian_bumps() -> None:
+    aums, truth = mixture(21, 0.2)
+    threshold = np.random.default_rng(22).normal(-3.0, 1.0, 300)
+    with_bg = mixture_f1_cut(aums, threshold)
+    without = mixture_f1_cut(aums, threshold, background=False)
+    assert with_bg[1] == pytest.approx(without[1], abs=0.005)
+    assert f1(aums <= with_bg[0], truth) == pytest.approx(f1(aums <= without[0], truth), abs=0.005)
+
+
 def heavy_tailed(seed: int, n: int = 2000, pi: float = 0.2):
     """Clean AUMs with a long left tail (hard clean samples), mislabeled ones a tight bump."""
     rng = np.random.default_rng(seed)

@@ -57,6 +57,8 @@ def cuts(aum: np.ndarray, thr: np.ndarray) -> dict[str, float]:
     out["gmm-ef1"] = gmm_cut(s, t, True)
     out["max"] = max(out["gmm-ef1"], out["ef1"])
     out["mixture"] = mixture_f1_cut(s, t)[0]  # the default before capping (one start)
+    # the default before its background component: two Gaussians only, capped the same way
+    out["two-gaussian"] = capped_mixture_cut(s, t, background=False).alpha
     out["default"] = capped_mixture_cut(s, t).alpha
     return out
 
