@@ -43,7 +43,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -1435,9 +1435,16 @@ class ShardReader:
             raise FormatError(f"{self.path}: cannot read rows {start}:{stop} ({exc})") from None
         return logits, targets
 
-    def read_summary(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """A summary shard's rows ``[start, stop)``: each of :data:`SUMMARY_COLUMNS` (n,) in
-        its disk dtype, and the targets (n,) ``int64``."""
+    def read_summary(
+        self, start: int, stop: int, columns: Iterable[str] | None = None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A summary shard's rows ``[start, stop)``: each of ``columns`` (default: every one of
+        :data:`SUMMARY_COLUMNS`) (n,) in its disk dtype, and the targets (n,) ``int64``. Only
+        the columns asked for are read and verified."""
+        wanted = SUMMARY_COLUMNS if columns is None else tuple(columns)
+        unknown = set(wanted) - set(SUMMARY_COLUMNS)
+        if unknown:
+            raise InputError(f"no summary column {sorted(unknown)}")
         self._check_rows(start, stop)
         if self.info.storage != "summary":
             raise FormatError(f"{self.path}: not a summary shard")
@@ -1445,7 +1452,7 @@ class ShardReader:
         try:
             columns = {
                 name: self._rows(name, start, stop, np.empty(n, dtype=self.info.dtypes[name]))
-                for name in (*SUMMARY_COLUMNS, TARGETS)
+                for name in (*wanted, TARGETS)
             }
         except FormatError:
             raise

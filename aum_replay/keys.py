@@ -105,6 +105,18 @@ def unique_keys_inverse(
     return distinct, h[first], inverse
 
 
+def _differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a != b`` for two arrays of keys: their bytes compared in one flat pass when they have
+    one dtype (~10x numpy's comparison of ``S`` elements), per key only if they differ."""
+    if a.dtype != b.dtype or a.dtype.kind not in "Si":
+        return np.asarray(a != b)
+    flat_a = np.ascontiguousarray(a).view(np.uint8)
+    flat_b = np.ascontiguousarray(b).view(np.uint8)
+    if np.array_equal(flat_a, flat_b):
+        return np.zeros(len(a), dtype=bool)
+    return (flat_a != flat_b).reshape(len(a), -1).any(axis=1)
+
+
 class HashIndex:
     """Dense index of keys in ``universe``, an array of distinct keys (any order), by hash.
 
@@ -171,10 +183,10 @@ class HashIndex:
             todo = todo[(entries["hash"] != h[todo]) & (entries["index"] >= 0)]
         hit = index >= 0
         if hit.all():
-            wrong = self.universe[index] != keys
+            wrong = _differ(self.universe[index], keys)
         else:
             wrong = np.zeros(len(keys), dtype=bool)
-            wrong[hit] = self.universe[index[hit]] != keys[hit]
+            wrong[hit] = _differ(self.universe[index[hit]], keys[hit])
         index[wrong] = -1  # another key with the same hash: not this one
         return index
 

@@ -505,7 +505,8 @@ def read_segment(
     """
     shard = reader.info
     if shard.storage == "summary":  # per-row statistics instead of logits
-        columns, targets = reader.read_summary(start, stop)
+        # Only the columns the kernel's statistics need (see summary.summary_columns).
+        columns, targets = reader.read_summary(start, stop, getattr(kernel, "columns", None))
         logits: Any = SummaryBlock(columns)
     else:
         logits, targets = reader.read_arrays(start, stop, out=buffer)

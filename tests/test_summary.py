@@ -159,3 +159,28 @@ def test_flipped_bytes_of_a_summary_shard_end_in_one_clear_line_or_identical_fil
             assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
             assert name in result.stderr
     assert 1 in codes
+
+
+def test_a_replay_reads_only_the_summary_columns_its_signals_need(tmp_path: Path) -> None:
+    """AUM values need target_val and other_val alone: a flipped byte in the lse column leaves
+    them identical, while every signal that reads lse (loss) finds the flip."""
+    from aum_replay import FormatError, compute
+    from aum_replay.format import LSE, OTHER_VAL, SUMMARY_COLUMNS, TARGET_VAL
+    from aum_replay.summary import summary_columns
+
+    assert summary_columns({"margin"}) == (TARGET_VAL, OTHER_VAL)
+    assert summary_columns({"loss"}) == (TARGET_VAL, LSE)
+    assert summary_columns(STATS) == SUMMARY_COLUMNS  # every signal: every column
+    run = log_run(tmp_path / "run", "summary", torch.float32)
+    compute(run, tmp_path / "clean", full=False)
+    shard = list_shards(run)[1][2]
+    offset = read_info(shard).raw[LSE].offsets[0] + 3
+    with open(shard, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([byte ^ 0x20]))
+    compute(run, tmp_path / "flipped", full=False)
+    assert filecmp.cmp(tmp_path / "clean" / VALUES_NAME, tmp_path / "flipped" / VALUES_NAME, False)
+    with pytest.raises(FormatError, match=r"checksum mismatch in lse"):
+        dynamics(run, tmp_path / "dyn", metrics=["loss"])
