@@ -102,8 +102,7 @@ def _replay(
     client: Any,
 ) -> pl.DataFrame:
     scan = id_scan(run, client)
-    universe = scan.universe
-    n = len(universe)
+    n = scan.size
     clean = scan.appearances is not None
     fold = Fold(
         n,

@@ -98,7 +98,7 @@ def unique_keys_inverse(
     group = np.cumsum(first) - 1
     ordered = keys[order]
     distinct = ordered[first]
-    if not (ordered == distinct[group]).all():
+    if _differ(ordered, distinct[group]).any():
         raise Collision
     inverse = np.empty(len(keys), dtype=np.int64)
     inverse[order] = group
@@ -129,9 +129,10 @@ class HashIndex:
         self.universe = universe
         n = len(universe)
         h = hash_keys(universe) if hashes is None else hashes
-        ordered = np.sort(h)
-        if n > 1 and (ordered[1:] == ordered[:-1]).any():
-            raise Collision
+        if n > 1 and not (h[1:] > h[:-1]).all():  # hashes that come sorted need no sort
+            ordered = np.sort(h)
+            if (ordered[1:] == ordered[:-1]).any():
+                raise Collision
         bits = max(4, (2 * n - 1).bit_length())
         self._mask = (1 << bits) - 1
         self._shift = np.uint64(64 - bits)

@@ -239,8 +239,8 @@ def _compute(
     client: Any = None,
 ) -> ComputeResult:
     scan = id_scan(run, client)
-    universe = scan.universe
-    n = len(universe)
+    keys = scan.index_keys  # string ids as their sorted UTF-8 keys: never decoded here
+    n = scan.size
     out_path = outputs.out_dir if outputs is not None else None
     keep_records = full and out_path is not None
     clean = scan.appearances is not None  # no id twice in an epoch: every row counts
@@ -268,8 +268,9 @@ def _compute(
         folded = fold.result(run.num_rows)
         aum = folded.signals["aum"]
         counts = folded.counts
-        order = sort_values(universe, aum, ascending_ids=True)
-        ids = scan.id_column().gather(order)
+        order = sort_values(keys, aum, ascending_ids=True)
+        id_column = scan.id_column()
+        ids = id_column.gather(order)
         table = pl.DataFrame(
             {
                 "sample_id": ids,
@@ -287,7 +288,7 @@ def _compute(
             if spill is not None:
                 with writing(outputs.out_dir, FULL_NAME):
                     full_csv = outputs.csv(FULL_NAME, FULL_COLUMNS)
-                    spill.write_sorted(full_csv, universe, counts)
+                    spill.write_sorted(full_csv, id_column, counts)
                 spill.close()  # the scratch space is freed before the commit
             committed = outputs.commit()
             values_path = committed[0]
@@ -567,16 +568,23 @@ def _ranges(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
         yield first, min(first + step, stop)
 
 
-def write_records(csv: CsvWriter, parts: Iterable[np.ndarray], ids: np.ndarray) -> None:
+def write_records(csv: CsvWriter, parts: Iterable[np.ndarray], ids: np.ndarray | pl.Series) -> None:
     """Write full records, already in file order, to ``csv``.
 
-    ``parts`` are arrays of :data:`RECORD_DTYPE` whose ``index`` field indexes ``ids``.
+    ``parts`` are arrays of :data:`RECORD_DTYPE` whose ``index`` field indexes ``ids`` (an
+    array, or a polars column).
     Formatting the next part (polars, outside the GIL) overlaps writing the current one.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-csv") as pool:
         pending: Future[pl.DataFrame] | None = None
         for part in parts:
-            columns: dict[str, Any] = {"sample_id": ids[part["index"]]}
+            index = part["index"]
+            picked = (
+                ids.gather(np.ascontiguousarray(index))
+                if isinstance(ids, pl.Series)
+                else ids[index]
+            )
+            columns: dict[str, Any] = {"sample_id": picked}
             columns.update((name, part[name]) for name in FULL_COLUMNS[1:])
             ready = pool.submit(to_frame, columns)
             if pending is not None:
@@ -682,7 +690,7 @@ class _Spill:
         fh.close()
         return np.fromfile(fh.name, dtype=RECORD_DTYPE)
 
-    def write_sorted(self, csv: CsvWriter, universe: np.ndarray, counts: np.ndarray) -> None:
+    def write_sorted(self, csv: CsvWriter, universe: Any, counts: np.ndarray) -> None:
         """Write every record to ``csv`` sorted by (sample_id, num_measurements).
 
         ``counts`` (N,) are the final measurement counts: sample i's k-th record goes to row

@@ -191,8 +191,9 @@ def build_universe(shards: Sequence[ShardInfo], id_kind: str) -> np.ndarray:
 class IdScan:
     """What one pass over the sample ids of a run's shards found (see :func:`scan_ids`)."""
 
-    universe: np.ndarray
-    """Every distinct sample id, sorted."""
+    _universe: np.ndarray | None
+    """Every distinct sample id, sorted (:attr:`universe`); ``None`` for string ids until
+    someone asks: the replay works from ``keys`` and never decodes them."""
     appearances: np.ndarray | None
     """Per id of ``universe``, the number of epochs it appears in, when no epoch holds an id
     twice (then every row counts, whatever the duplicates policy); else ``None``, as for ids that
@@ -208,6 +209,21 @@ class IdScan:
     order: np.ndarray | None = field(default=None, repr=False)
     """:func:`scan_epochs` of string ids: the permutation that sorted the ids from the order they
     were first seen in (what its ``found_rows`` index)."""
+
+    @property
+    def universe(self) -> np.ndarray:
+        """Every distinct sample id, sorted: ``int64``, or a numpy unicode array (decoded from
+        ``keys`` on first use)."""
+        if self._universe is None:
+            assert self.keys is not None
+            object.__setattr__(self, "_universe", decode_keys(self.keys))
+        assert self._universe is not None
+        return self._universe
+
+    @property
+    def size(self) -> int:
+        """The number of distinct sample ids."""
+        return len(self.index_keys)
 
     def id_column(self, name: str = "sample_id") -> Any:
         """The universe as a polars column: string ids straight from their UTF-8 keys (a
@@ -303,7 +319,7 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
         return IdScan(uniques[0], appearances if clean else None)
     universe = _sorted_unique(np.concatenate(uniques))
     if id_kind == "str":
-        return IdScan(decode_keys(universe), None, universe)
+        return IdScan(None, None, universe)
     return IdScan(universe, None)
 
 
@@ -319,8 +335,8 @@ def _scan_string_keys(shards: Sequence[ShardInfo]) -> IdScan:
     scan = scan_epochs(_epoch_keys(shards), "str", found)
     if found is None:
         return scan
-    rank = np.empty(len(scan.universe), dtype=np.int32)  # arrival order -> sorted universe
-    rank[scan.order] = np.arange(len(scan.universe), dtype=np.int32)
+    rank = np.empty(scan.size, dtype=np.int32)  # arrival order -> sorted universe
+    rank[scan.order] = np.arange(scan.size, dtype=np.int32)
     resolved = rank[np.concatenate(found)] if found else np.zeros(0, dtype=np.int32)
     rows: dict[Location, np.ndarray] = {}
     at = 0
@@ -390,7 +406,7 @@ def scan_epochs(
     appearances = counts[order] if clean else None
     if id_kind == "int":
         return IdScan(universe, appearances)
-    return IdScan(decode_keys(universe), appearances, universe, order=order)
+    return IdScan(None, appearances, universe, order=order)
 
 
 def _append(keys: np.ndarray, more: np.ndarray) -> np.ndarray:
