@@ -64,11 +64,15 @@ RunDirLike = str | os.PathLike[str] | URL
 
 
 def location(value: RunDirLike) -> Location:
-    """``value`` as a :class:`URL` if it is one, else as an expanded local path."""
+    """``value`` as a :class:`URL` if it is one, else as an expanded local path.
+
+    Text that looks like a URL but names an existing local file or directory (a directory
+    called ``run::2``) is that path: a local name the user can see wins.
+    """
     if isinstance(value, URL):
         return value
-    if is_url(value):
-        return URL(str(value))
+    if isinstance(value, str) and is_url(value) and not os.path.lexists(value):
+        return URL(value)
     return Path(value).expanduser()
 
 

@@ -84,6 +84,16 @@ def test_what_is_a_url() -> None:
     assert URL("http://h/a/b").name == "b" and URL("http://h/a/b").parent == URL("http://h/a")
 
 
+def test_an_existing_local_directory_named_like_a_url_stays_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert location("run::2") == URL("run::2")  # nothing of that name here: a chained URL
+    record(tmp_path / "run::2", ids=list(range(20)), epochs=1)
+    assert location("run::2") == Path("run::2")
+    assert open_run("run::2").num_rows == 22
+
+
 @pytest.mark.parametrize(
     ("ids", "storage"),
     [
