@@ -188,7 +188,9 @@ def list_shards(
         m = SHARD_RE.match(entry.name)
         if m and entry.is_file:
             found.append((int(m.group(1)), int(m.group(2)), entry.path))
-    return sorted(found, key=lambda found: found[:2])
+    # by epoch and rank; two names of one (epoch, rank) (epoch_1 and epoch_00001 both match)
+    # in name order, so that the order never depends on the directory listing
+    return sorted(found, key=lambda f: (f[0], f[1], str(f[2])))
 
 
 def list_lookalikes(run_dir: Location, entries: list[Entry] | None = None) -> list[Location]:

@@ -14,6 +14,7 @@ Every reader opens shards through :func:`open_blob`, which gives a local file (`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -33,13 +34,16 @@ def is_url(value: object) -> bool:
 @dataclass(frozen=True)
 class URL:
     """A run directory or shard given as an fsspec URL; behaves like the part of
-    :class:`pathlib.Path` that the readers use (``name``, ``/``, ``str``) and pickles as a
-    string, so a Dask task opens it again on its worker."""
+    :class:`pathlib.Path` that the readers use (``name``, ``parent``, ``/``, ``str``). It holds
+    only the text, so a Dask task opens it again on its worker. A URL with a query string (a
+    signed HTTP URL) cannot name a run directory: shard names are appended to the path."""
 
     url: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "url", self.url.rstrip("/") if "://" in self.url else self.url)
+        scheme, sep, rest = self.url.rpartition("://")
+        if sep and rest.rstrip("/"):  # "s3://bucket/run/" -> "s3://bucket/run"; "file:///" stays
+            object.__setattr__(self, "url", f"{scheme}{sep}{rest.rstrip('/')}")
 
     def __str__(self) -> str:
         return self.url
@@ -118,8 +122,8 @@ def list_dir(run_dir: Location) -> list[Entry]:
         listed = fs.ls(root, detail=True)
     except FileNotFoundError:
         raise FormatError(f"{run_dir}: run directory does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"{run_dir}: cannot be listed ({exc})") from None
+    except Exception as exc:  # a client's own errors (aiohttp, botocore) are not OSErrors
+        raise FormatError(f"{run_dir}: cannot be listed ({_describe(exc)})") from None
     found = []
     for item in listed:
         name = str(item["name"]).rstrip("/").rsplit("/", 1)[-1]
@@ -219,14 +223,19 @@ class RemoteBlob(Blob):
         self.identity = (self.size, *stamps)
 
     def readinto(self, buffer: memoryview, offset: int) -> int:
-        self._file.seek(offset)
         got, want = 0, len(buffer)
-        while got < want:
-            data = self._file.read(want - got)
-            if not data:
-                break
-            buffer[got : got + len(data)] = data
-            got += len(data)
+        try:
+            self._file.seek(offset)
+            while got < want:
+                data = self._file.read(want - got)
+                if not data:
+                    break
+                buffer[got : got + len(data)] = data
+                got += len(data)
+        except OSError:
+            raise
+        except Exception as exc:  # aiohttp's ClientResponseError (a 5xx, a 403) is no OSError
+            raise OSError(_describe(exc)) from exc
         return got
 
     def h5_target(self) -> Any:
@@ -234,20 +243,39 @@ class RemoteBlob(Blob):
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            handle, self._file = self._file, None
+            with contextlib.suppress(Exception):  # closing a read-only remote file
+                handle.close()
 
 
 def open_blob(path: Location) -> Blob:
-    """Open the shard at ``path`` for reading; ``OSError`` if it cannot be."""
+    """Open the shard at ``path`` for reading; ``OSError`` if it cannot be (a remote client's
+    own exceptions too, so that every reader names the shard in one line)."""
     if isinstance(path, Path):
         return LocalBlob(path)
     fs, inner = _filesystem(path)
-    details = fs.info(inner)
+    try:
+        details = fs.info(inner)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise OSError(_describe(exc)) from exc
     if details.get("type") not in (None, "file"):
-        raise IsADirectoryError(f"{path} is a {details.get('type')}")
-    handle = fs.open(inner, "rb", block_size=RemoteBlob.BLOCK_SIZE)
+        raise IsADirectoryError(f"a {details.get('type')}, not a file")
+    if not isinstance(details.get("size"), int):  # an HTTP server that gives no length
+        raise OSError("the store does not say the file's size")
+    try:
+        handle = fs.open(inner, "rb", block_size=RemoteBlob.BLOCK_SIZE)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise OSError(_describe(exc)) from exc
     return RemoteBlob(path, handle, details)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a remote client's error (aiohttp's carry the status and the URL)."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def absolute(path: Location) -> Location:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from aum_replay import keys as id_keys
 from aum_replay.epochs import EpochSelection, parse_epochs
 from aum_replay.errors import FormatError, InputError
 from aum_replay.format import (
@@ -24,7 +26,7 @@ from aum_replay.format import (
     read_all_ids,
     read_info,
 )
-from aum_replay.keys import Collision, HashIndex, hash_keys, sort_order, unique_keys_inverse
+from aum_replay.keys import Collision, HashIndex, sort_order, unique_keys_inverse
 from aum_replay.location import Location, RunDirLike, list_dir, location
 
 __all__ = [
@@ -120,6 +122,12 @@ def open_run(run_dir: RunDirLike, epochs: str | EpochSelection | None = None) ->
     all_epochs = tuple(sorted({e for e, _, _ in found}))
     chosen = set(selection.apply(all_epochs))
     infos = []
+    for (epoch, rank, shard_path), (e2, r2, other) in itertools.pairwise(found):
+        if (epoch, rank) == (e2, r2):
+            raise FormatError(
+                f"{path}: two shards of epoch {epoch} rank {rank} ({shard_path.name} and "
+                f"{other.name}); remove the one that does not belong"
+            )
     for epoch, rank, shard_path in found:
         if epoch not in chosen:
             continue
@@ -324,7 +332,8 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
 
 
 #: Most bytes the scan of a string-id run keeps to hand every row's index to the replay
-#: (:attr:`IdScan.rows`, 4 bytes a row: 64M rows); a larger run's replay looks its ids up again.
+#: (:attr:`IdScan.rows`, 4 bytes a row: 64M rows; while the scan maps them to the sorted
+#: universe, about 3x that for a moment); a larger run's replay looks its ids up again.
 RESOLVED_BYTES = 256 << 20
 
 
@@ -385,7 +394,7 @@ def scan_epochs(
     clean = True
     for parts, rows in epochs:
         epoch = np.concatenate(parts)
-        h = hash_keys(epoch)
+        h = id_keys.hash_keys(epoch)  # looked up at call time: tests force collisions
         found = index.find(epoch, h) if index is not None else np.full(len(epoch), -1)
         new = found < 0
         if new.any():  # ids not seen in an earlier epoch: add them, index them anew

@@ -3,8 +3,9 @@
 ``python tests/range_server.py ROOT`` serves ROOT on a free port of 127.0.0.1, prints the port
 on one line and serves until killed. The standard library's ``http.server`` ignores ``Range``
 headers; object stores (S3, GCS) and fsspec's HTTP filesystem rely on them, so this handler
-answers them with 206 Partial Content. Requests are counted per path in the response header
-``X-Requests`` of ``GET /_stats`` (JSON), so a test can see that reads were ranged.
+answers them with 206 Partial Content. Requests and bytes are counted, served at
+``GET /_stats`` (JSON), so a test can see that reads were ranged. While a file ``_fail_ranges``
+exists in ROOT, every ranged request is answered 500, as a failing store would.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class RangeHandler(SimpleHTTPRequestHandler):
             return
         match = _RANGE.match(self.headers.get("Range", ""))
         path = self.translate_path(self.path)
+        if match is not None and os.path.exists(os.path.join(self.directory, "_fail_ranges")):
+            self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR, "failing on purpose")
+            return
         if match is None or not os.path.isfile(path):
             with _lock:
                 _stats["requests"] += 1

@@ -245,3 +245,52 @@ def test_memory_filesystem_and_a_shard_replaced_after_validation(
         ShardReader(shard.path, info=shard) as reader,
     ):
         reader.read_ids()
+
+
+def test_a_failing_store_is_one_error_naming_the_shard(
+    served: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A 500 from the store (aiohttp's ClientResponseError, not an OSError) is the usual one
+    line naming the shard, from the library and from the CLI."""
+    root, base = served
+    record(root / "failing", ids=list(range(50)), epochs=1)
+    flag_file = root / "_fail_ranges"
+    flag_file.touch()
+    try:
+        with pytest.raises(FormatError, match=r"failing/epoch_00000\.rank_000\.h5.*500"):
+            compute(f"{base}/failing", tmp_path / "out")
+        result = runner.invoke(app, ["compute", f"{base}/failing", "-o", str(tmp_path / "o")])
+        assert result.exit_code == 1, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "epoch_00000.rank_000.h5" in result.stderr
+    finally:
+        flag_file.unlink()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_store_that_gives_no_size_is_refused_and_nothing_stays_open(
+    memory_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url = memory_run
+    fs = fsspec.filesystem("memory")
+    info = type(fs).info
+    monkeypatch.setattr(
+        type(fs), "info", lambda self, p, **kw: {**info(self, p, **kw), "size": None}
+    )
+    opened: list[Any] = []
+    real_open = type(fs).open
+    monkeypatch.setattr(
+        type(fs),
+        "open",
+        lambda self, *a, **kw: opened.append(real_open(self, *a, **kw)) or opened[-1],
+    )
+    with pytest.raises(FormatError, match="does not say the file's size"):
+        open_run(url)
+    assert opened == []  # refused before anything was opened
+
+
+def test_two_names_of_one_epoch_and_rank_are_refused(tmp_path: Path) -> None:
+    run = record(tmp_path / "run", ids=list(range(30)), epochs=1, world_size=1)
+    shutil.copy(run / "epoch_00000.rank_000.h5", run / "epoch_000000.rank_000.h5")
+    with pytest.raises(FormatError, match="two shards of epoch 0 rank 0"):
+        open_run(run)
