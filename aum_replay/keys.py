@@ -19,7 +19,6 @@ __all__ = [
     "hash_keys",
     "sort_order",
     "unique_keys",
-    "unique_keys_inverse",
 ]
 
 _MULTIPLY = np.uint64(0xFF51AFD7ED558CCD)
@@ -77,19 +76,12 @@ def sort_order(keys: np.ndarray) -> np.ndarray:
 
 def unique_keys(
     keys: np.ndarray, hashes: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct keys of ``keys`` (in hash order) and their hashes, sorted.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct keys of ``keys`` (in hash order), their hashes (sorted), and the position
+    of each key of ``keys`` among the distinct ones.
 
     Raises :class:`Collision` when two distinct keys share a hash.
     """
-    distinct, h, _ = unique_keys_inverse(keys, hashes)
-    return distinct, h
-
-
-def unique_keys_inverse(
-    keys: np.ndarray, hashes: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`unique_keys`, and the position of each key of ``keys`` among the distinct ones."""
     h = hash_keys(keys) if hashes is None else hashes
     order = np.argsort(h)
     h = h[order]

@@ -26,7 +26,7 @@ from aum_replay.format import (
     read_all_ids,
     read_info,
 )
-from aum_replay.keys import Collision, HashIndex, sort_order, unique_keys_inverse
+from aum_replay.keys import Collision, HashIndex, sort_order, unique_keys
 from aum_replay.location import Location, RunDirLike, list_dir, location
 
 __all__ = [
@@ -214,9 +214,6 @@ class IdScan:
     """String ids, when they fit in :data:`RESOLVED_BYTES`: per shard, every row's index in
     ``universe`` (``int32``), found by the scan that read them, so that the replay need not read,
     hash and look up the ids a second time; ``None`` otherwise (the replay looks them up)."""
-    order: np.ndarray | None = field(default=None, repr=False)
-    """:func:`scan_epochs` of string ids: the permutation that sorted the ids from the order they
-    were first seen in (what its ``found_rows`` index)."""
 
     @property
     def universe(self) -> np.ndarray:
@@ -344,15 +341,13 @@ def _scan_string_keys(shards: Sequence[ShardInfo]) -> IdScan:
     scan = scan_epochs(_epoch_keys(shards), "str", found)
     if found is None:
         return scan
-    rank = np.empty(scan.size, dtype=np.int32)  # arrival order -> sorted universe
-    rank[scan.order] = np.arange(scan.size, dtype=np.int32)
-    resolved = rank[np.concatenate(found)] if found else np.zeros(0, dtype=np.int32)
+    resolved = np.concatenate(found) if found else np.zeros(0, dtype=np.int32)
     rows: dict[Location, np.ndarray] = {}
     at = 0
     for info in shards:
         rows[info.path] = resolved[at : at + info.num_rows]
         at += info.num_rows
-    return dataclasses.replace(scan, rows=rows, order=None)
+    return dataclasses.replace(scan, rows=rows)
 
 
 def _epoch_keys(shards: Sequence[ShardInfo]) -> Iterator[tuple[list[np.ndarray], int]]:
@@ -384,8 +379,8 @@ def scan_epochs(
     has fewer distinct ids than rows). The universe is sorted once, at the end. Raises
     :class:`~aum_replay.keys.Collision` for two string ids with one hash.
 
-    ``found_rows``, a list, receives per epoch each key's index in arrival order (the returned
-    scan's ``order`` sorts them), for :attr:`IdScan.rows`.
+    ``found_rows``, a list, receives per epoch each key's index in the returned universe, for
+    :attr:`IdScan.rows`.
     """
     keys = np.zeros(0, dtype=np.int64 if id_kind == "int" else "S1")
     hashes = np.zeros(0, dtype=np.uint64)
@@ -398,7 +393,7 @@ def scan_epochs(
         found = index.find(epoch, h) if index is not None else np.full(len(epoch), -1)
         new = found < 0
         if new.any():  # ids not seen in an earlier epoch: add them, index them anew
-            distinct, distinct_hash, inverse = unique_keys_inverse(epoch[new], h[new])
+            distinct, distinct_hash, inverse = unique_keys(epoch[new], h[new])
             found[new] = len(keys) + inverse
             keys = _append(keys, distinct)
             hashes = np.concatenate([hashes, distinct_hash])
@@ -413,9 +408,13 @@ def scan_epochs(
     order = sort_order(keys)  # ints by value; UTF-8 bytes sort as the code points do
     universe = keys[order]
     appearances = counts[order] if clean else None
+    if found_rows is not None:  # arrival order -> position in the sorted universe
+        rank = np.empty(len(order), dtype=np.int32)
+        rank[order] = np.arange(len(order), dtype=np.int32)
+        found_rows[:] = [rank[found] for found in found_rows]
     if id_kind == "int":
         return IdScan(universe, appearances)
-    return IdScan(None, appearances, universe, order=order)
+    return IdScan(None, appearances, universe)
 
 
 def _append(keys: np.ndarray, more: np.ndarray) -> np.ndarray:

@@ -32,9 +32,10 @@ def test_hashes_do_not_depend_on_the_array_width(values: list[str]) -> None:
 @given(st.lists(ids, min_size=1, max_size=60))
 def test_unique_keys_and_the_index_agree_with_sorting_the_strings(values: list[str]) -> None:
     raw = np.array([v.encode() for v in values], dtype=np.bytes_)
-    distinct, hashes = unique_keys(raw)
+    distinct, hashes, inverse = unique_keys(raw)
     assert sorted(distinct.tolist()) == sorted(set(raw.tolist()))
     assert np.array_equal(hashes, np.sort(hashes))
+    assert np.array_equal(distinct[inverse], raw)
     universe = np.sort(distinct)
     index = HashIndex(universe)(raw)
     assert index is not None and np.array_equal(universe[index], raw)

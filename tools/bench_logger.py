@@ -41,6 +41,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,33 +91,7 @@ def main() -> None:
         return
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(IN, HIDDEN),
-        torch.nn.ReLU(),
-        torch.nn.Linear(HIDDEN, HIDDEN),
-        torch.nn.ReLU(),
-        torch.nn.Linear(HIDDEN, CLASSES),
-    )
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    pool = [(torch.randn(BATCH, IN), torch.randint(0, CLASSES, (BATCH,))) for _ in range(16)]
-
-    def step(i: int, logger: LogitLogger | None) -> tuple[float, float]:
-        inputs, targets = pool[i % len(pool)]
-        start = time.perf_counter()
-        logits = model(inputs)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log_s = 0.0
-        if logger is not None:
-            t = time.perf_counter()
-            first = (i % args.steps_per_epoch) * BATCH
-            ids = torch.arange(first, first + BATCH)
-            logger.log(logits, targets, ids, epoch=i // args.steps_per_epoch)
-            log_s = time.perf_counter() - t
-        return time.perf_counter() - start, log_s
+    step = make_step(CLASSES, args.steps_per_epoch)
 
     with tempfile.TemporaryDirectory(prefix="bench-logger-") as tmp:
         run_dir = args.run_dir or Path(tmp) / "run"
@@ -200,29 +175,7 @@ def bench_formats(args: argparse.Namespace) -> dict[str, Any]:
                               "batch": BATCH, "rounds": args.rounds,
                               "steps_per_block": args.steps}  # fmt: skip
     for classes in (100, 1000):
-        torch.manual_seed(0)
-        model = make_mlp(classes)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        pool = [(torch.randn(BATCH, IN), torch.randint(0, classes, (BATCH,))) for _ in range(16)]
-
-        def step(
-            i: int, logger: LogitLogger | None, model: Any = model, opt: Any = opt, pool: Any = pool
-        ) -> tuple[float, float]:
-            inputs, targets = pool[i % len(pool)]
-            start = time.perf_counter()
-            logits = model(inputs)
-            loss = torch.nn.functional.cross_entropy(logits, targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            log_s = 0.0
-            if logger is not None:
-                t = time.perf_counter()
-                first = (i % args.steps_per_epoch) * BATCH
-                ids = torch.arange(first, first + BATCH)
-                logger.log(logits, targets, ids, epoch=i // args.steps_per_epoch)
-                log_s = time.perf_counter() - t
-            return time.perf_counter() - start, log_s
+        step = make_step(classes, args.steps_per_epoch)
 
         with tempfile.TemporaryDirectory(prefix="bench-formats-") as tmp:
             loggers: dict[str, LogitLogger | None] = {"none": None}
@@ -276,6 +229,35 @@ def bench_formats(args: argparse.Namespace) -> dict[str, Any]:
         "c1000_summary_100x_less_disk": report["c1000"]["ratios"]["disk_v1_vs_summary"] >= 100,
     }
     return report
+
+
+def make_step(
+    classes: int, steps_per_epoch: int
+) -> Callable[[int, LogitLogger | None], tuple[float, float]]:
+    """One SGD step of :func:`make_mlp` on a pool of 16 batches: ``step(i, logger)`` returns the
+    step's seconds and those of its ``logger.log(...)`` call (0 without a logger)."""
+    model = make_mlp(classes)  # seeds torch first
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    pool = [(torch.randn(BATCH, IN), torch.randint(0, classes, (BATCH,))) for _ in range(16)]
+
+    def step(i: int, logger: LogitLogger | None) -> tuple[float, float]:
+        inputs, targets = pool[i % len(pool)]
+        start = time.perf_counter()
+        logits = model(inputs)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log_s = 0.0
+        if logger is not None:
+            t = time.perf_counter()
+            first = (i % steps_per_epoch) * BATCH
+            ids = torch.arange(first, first + BATCH)
+            logger.log(logits, targets, ids, epoch=i // steps_per_epoch)
+            log_s = time.perf_counter() - t
+        return time.perf_counter() - start, log_s
+
+    return step
 
 
 def make_mlp(classes: int = CLASSES) -> torch.nn.Module:
