@@ -1,13 +1,14 @@
 """String sample ids as numbers: a 64-bit hash of each id's UTF-8 key, checked, never trusted.
 
 A replay of string ids reads them as fixed-width UTF-8 keys (``S`` arrays,
-:meth:`aum_replay.format.ShardReader.read_id_keys`). Sorting and binary-searching such keys
-compares bytes: ~10x the cost of the same on integers. Here each key is hashed to a ``uint64``
-(vectorised over the key's 8-byte words), so that distinct-id scans sort integers and a block's
-ids map to the universe by a search among integers. A hash is only a shortcut: every lookup
-compares the keys themselves, and two distinct ids with one hash (odds ~N^2 / 2^65) make the
-callers fall back to comparing bytes (:class:`HashIndex` raises :class:`Collision`).
-"""
+:meth:`aum_replay.format.ShardReader.read_id_keys`). numpy sorts, gathers and compares such keys
+byte by byte: 3-30x the cost of the same on integers. Here a key is handled as its whole 8-byte
+words (:func:`key_words`): sorted by ranking each word with an integer sort, gathered and
+compared as rows of integers, and hashed to a ``uint64`` so that a block's ids map to the
+universe through an open-addressing table (:class:`HashIndex`). A hash is only a shortcut: every
+lookup compares the key's words themselves, and two distinct ids with one hash (odds ~N^2 /
+2^65) make the callers fall back to comparing bytes (:class:`HashIndex` raises
+:class:`Collision`)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ __all__ = [
     "Collision",
     "HashIndex",
     "hash_keys",
+    "hash_words",
+    "key_words",
     "sort_order",
+    "take_keys",
     "unique_keys",
+    "widen_words",
 ]
 
 _MULTIPLY = np.uint64(0xFF51AFD7ED558CCD)
@@ -31,15 +36,16 @@ class Collision(Exception):
     """Two distinct keys have the same hash: compare bytes instead."""
 
 
-def hash_keys(keys: np.ndarray) -> np.ndarray:
-    """A ``uint64`` hash of each key of an ``S`` array, independent of the array's width (an
-    ``int64`` array is its own hash).
+def key_words(keys: np.ndarray) -> np.ndarray:
+    """Each key as whole little-endian 8-byte words, ``(n, words)`` ``uint64``, C-contiguous.
 
-    Keys hold no NUL byte (the logger refuses ids with one), so the zero words that pad a short
-    key in a wide array are skipped: ``b"ab"`` hashes alike in ``S2`` and in ``S20``.
+    An ``S`` key is padded with NUL bytes to a multiple of 8 (a copy only when its width is not
+    one already); an ``int64`` id is one word. Rows of words gather and compare at the speed of
+    integers, where numpy copies and compares ``S`` elements of odd widths byte by byte (10-30x
+    slower a key at ``S15``).
     """
-    if keys.dtype.kind == "i":  # int64 ids are their own hash: distinct ids, distinct hashes
-        return keys.astype(np.int64, copy=False).view(np.uint64)
+    if keys.dtype.kind == "i":
+        return keys.astype(np.int64, copy=False).view(np.uint64).reshape(-1, 1)
     n, width = len(keys), keys.dtype.itemsize
     words = -(-width // 8)
     raw = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)
@@ -47,102 +53,163 @@ def hash_keys(keys: np.ndarray) -> np.ndarray:
         padded = np.zeros((n, words * 8), dtype=np.uint8)
         padded[:, :width] = raw
         raw = padded
-    columns = raw.view("<u8").reshape(n, words)
+    return raw.view("<u8").reshape(n, words)
+
+
+def hash_words(words: np.ndarray) -> np.ndarray:
+    """A ``uint64`` hash of each row of :func:`key_words` that does not depend on the number of
+    words: keys hold no NUL byte (the logger refuses ids with one), so the zero words that pad a
+    short key in a wide array are skipped."""
+    n, count = words.shape
     h = np.full(n, _SEED, dtype=np.uint64)
-    for j in range(words):
-        word = columns[:, j]
+    for j in range(count):
+        word = words[:, j]
         mixed = (h ^ word) * _MULTIPLY
         mixed ^= mixed >> _SHIFT
         h = np.where(word != 0, mixed, h) if j else mixed
     return h
 
 
-def sort_order(keys: np.ndarray) -> np.ndarray:
-    """The permutation that sorts ``keys``: ints by value, ``S`` keys as bytes compare.
+def hash_keys(keys: np.ndarray) -> np.ndarray:
+    """A ``uint64`` hash of each key of an ``S`` array, independent of the array's width
+    (:func:`hash_words`); an ``int64`` array is its own hash."""
+    if keys.dtype.kind == "i":  # int64 ids are their own hash: distinct ids, distinct hashes
+        return keys.astype(np.int64, copy=False).view(np.uint64)
+    return hash_words(key_words(keys))
 
-    ``S`` keys are sorted by their big-endian 8-byte words (a key's NUL padding sorts first, as
-    a shorter key does: keys hold no NUL), least significant first, with ``np.lexsort``'s stable
-    integer sorts: 1.6-4x faster than comparing bytes for ids that share long prefixes.
+
+def sort_order(keys: np.ndarray, words: np.ndarray | None = None) -> np.ndarray:
+    """A permutation that sorts ``keys``: ints by value (stable), ``S`` keys as bytes compare
+    (equal keys in no particular order).
+
+    ``S`` keys are compared by their big-endian 8-byte words (a key's NUL padding sorts first,
+    as a shorter key does: keys hold no NUL). Rather than ``np.lexsort``'s stable sorts (~150 ns
+    a key), each word that varies is ranked with numpy's SIMD quicksort and the ranks of the
+    words so far are folded into one: ``rank * distinct + next rank`` stays below ``n**2``, so
+    it fits an ``int64``, and one more quicksort ranks the pair (~50 ns a key for two words).
+    ``words``: the keys' :func:`key_words`, when the caller has them.
     """
-    if keys.dtype.kind != "S" or not len(keys):
+    if keys.dtype.kind != "S" or len(keys) < 2:
         return np.argsort(keys, kind="stable")
-    n, width = len(keys), keys.dtype.itemsize
-    words = -(-width // 8)
-    raw = np.zeros((n, words * 8), dtype=np.uint8)
-    raw[:, :width] = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)
-    columns = raw.view(">u8")
-    return np.lexsort(tuple(columns[:, j] for j in reversed(range(words))))
+    columns = (key_words(keys) if words is None else words).byteswap()
+    varying = [j for j in range(columns.shape[1]) if not (columns[:, j] == columns[0, j]).all()]
+    if not varying:
+        return np.arange(len(keys))
+    order = np.argsort(columns[:, varying[0]])
+    rank, distinct = _dense_rank(columns[:, varying[0]], order)
+    for at, j in enumerate(varying[1:], 2):
+        if distinct == len(keys):  # the words so far tell every key apart
+            break
+        column = columns[:, j]
+        more, more_distinct = _dense_rank(column, np.argsort(column))
+        rank = rank * more_distinct + more
+        order = np.argsort(rank)
+        if at < len(varying):
+            rank, distinct = _dense_rank(rank, order)
+    return order
 
 
-def unique_keys(
-    keys: np.ndarray, hashes: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct keys of ``keys`` (in hash order), their hashes (sorted), and the position
-    of each key of ``keys`` among the distinct ones.
+def _dense_rank(values: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, int]:
+    """Each value's rank among the distinct values (``int64``) and how many there are, given
+    the permutation ``order`` that sorts ``values``."""
+    ordered = values[order]
+    change = np.empty(len(values), dtype=np.int64)
+    change[0] = 0
+    np.not_equal(ordered[1:], ordered[:-1], out=change[1:], casting="unsafe")
+    np.cumsum(change, out=change)
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = change
+    return rank, int(change[-1]) + 1
 
-    Raises :class:`Collision` when two distinct keys share a hash.
+
+def unique_keys(keys: np.ndarray, words: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys of ``keys`` in sorted order (:func:`sort_order`), as ``(picks,
+    inverse)``: ``keys[picks]`` are the distinct keys, sorted, and ``inverse`` is the position of
+    each key of ``keys`` among them. Exact: the keys' bytes are compared, not their hashes.
+    ``words``: the keys' :func:`key_words`, when the caller has them.
     """
-    h = hash_keys(keys) if hashes is None else hashes
-    order = np.argsort(h)
-    h = h[order]
-    first = np.ones(len(h), dtype=bool)
-    first[1:] = h[1:] != h[:-1]
-    group = np.cumsum(first) - 1
-    ordered = keys[order]
-    distinct = ordered[first]
-    if _differ(ordered, distinct[group]).any():
-        raise Collision
+    words = key_words(keys) if words is None else words
+    order = sort_order(keys, words)
+    first = np.ones(len(keys), dtype=bool)
+    if len(keys) > 1:
+        ordered = np.take(words, order, axis=0)
+        np.any(ordered[1:] != ordered[:-1], axis=1, out=first[1:])
     inverse = np.empty(len(keys), dtype=np.int64)
-    inverse[order] = group
-    return distinct, h[first], inverse
+    inverse[order] = np.cumsum(first) - 1
+    return order[first], inverse
 
 
-def _differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a != b`` for two arrays of keys: their bytes compared in one flat pass when they have
-    one dtype (~10x numpy's comparison of ``S`` elements), per key only if they differ."""
-    if a.dtype != b.dtype or a.dtype.kind not in "Si":
-        return np.asarray(a != b)
-    flat_a = np.ascontiguousarray(a).view(np.uint8)
-    flat_b = np.ascontiguousarray(b).view(np.uint8)
-    if np.array_equal(flat_a, flat_b):
+def take_keys(keys: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """``keys[picks]``: ``S`` keys gathered as rows of bytes, which numpy copies 3-10x faster
+    than ``S`` elements of an odd width."""
+    if keys.dtype.kind != "S" or not len(keys):
+        return keys[picks]
+    rows = np.ascontiguousarray(keys).view(np.uint8).reshape(len(keys), keys.dtype.itemsize)
+    return np.take(rows, picks, axis=0).view(keys.dtype).reshape(len(picks))
+
+
+def widen_words(words: np.ndarray, count: int) -> np.ndarray:
+    """Rows of :func:`key_words` padded with zero words to ``count`` words (a key's words do not
+    depend on the width they are stored at, but for trailing zeros)."""
+    if words.shape[1] >= count:
+        return words
+    out = np.zeros((len(words), count), dtype=np.uint64)
+    out[:, : words.shape[1]] = words
+    return out
+
+
+def _rows_differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a[i] != b[i]`` for two ``(n, words)`` arrays: one flat comparison when every row is
+    equal (the common case), per row otherwise."""
+    if np.array_equal(a.reshape(-1), b.reshape(-1)):
         return np.zeros(len(a), dtype=bool)
-    return (flat_a != flat_b).reshape(len(a), -1).any(axis=1)
+    return np.any(a != b, axis=1)
 
 
 class HashIndex:
     """Dense index of keys in ``universe``, an array of distinct keys (any order), by hash.
 
     An open-addressing table of at least twice as many slots as keys, filled and probed
-    (linear probing) for all keys of a block at once: a lookup is one or two gathers a key.
+    (linear probing) for all keys of a block at once: a lookup is one or two gathers a key,
+    then one gather of the universe's words (:func:`key_words`) to check the key itself.
     Raises :class:`Collision` on construction when two universe keys share a hash.
+    ``hashes`` and ``words``: the universe's, when the caller has them.
     """
 
-    def __init__(self, universe: np.ndarray, hashes: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        universe: np.ndarray,
+        hashes: np.ndarray | None = None,
+        words: np.ndarray | None = None,
+    ) -> None:
         self.universe = universe
         n = len(universe)
+        self._words = key_words(universe) if words is None else words
         h = hash_keys(universe) if hashes is None else hashes
         if n > 1 and not (h[1:] > h[:-1]).all():  # hashes that come sorted need no sort
             ordered = np.sort(h)
             if (ordered[1:] == ordered[:-1]).any():
                 raise Collision
         bits = max(4, (2 * n - 1).bit_length())
-        self._mask = (1 << bits) - 1
         self._shift = np.uint64(64 - bits)
+        # Linear probing without wrapping, built in one pass: keys in order of their home slot
+        # each take the first free slot from home on, pos_i = max(home_i, pos_{i-1} + 1), a
+        # running maximum of home_i - i. Every slot between a key's home and its place is
+        # taken, as a lookup's probe needs, and the table ends with a free slot.
+        slot = self._slots(h)
+        order = np.argsort(slot)
+        home = slot[order]
+        step = np.arange(n)
+        place = np.maximum.accumulate(home - step) + step if n else home
+        size = max(1 << bits, int(place[-1]) + 2 if n else 0)
         # A slot holds a key's hash and index side by side: a probe is one gather, one cache
         # line, where two arrays would cost two misses a key in a table larger than the caches.
-        self._table = np.zeros(1 << bits, dtype=_SLOT)
+        self._table = np.zeros(size, dtype=_SLOT)
         self._table["index"] = -1
-        slot = self._slots(h)
-        pending = np.arange(n)
-        while len(pending):  # each pending key claims its slot if free; one of several wins
-            free = pending[self._table["index"][slot[pending]] < 0]
-            self._table["index"][slot[free]] = free
-            placed = free[self._table["index"][slot[free]] == free]
-            self._table["hash"][slot[placed]] = h[placed]
-            waiting = np.ones(n, dtype=bool)
-            waiting[placed] = False
-            pending = pending[waiting[pending]]
-            slot[pending] = (slot[pending] + 1) & self._mask
+        entries = np.empty(n, dtype=_SLOT)
+        entries["hash"] = h[order]
+        entries["index"] = order
+        self._table[place] = entries
 
     def _slots(self, h: np.ndarray) -> np.ndarray:
         # Fibonacci hashing: the top bits of h times an odd constant. String hashes are mixed
@@ -155,32 +222,57 @@ class HashIndex:
 
     def find(self, keys: np.ndarray, hashes: np.ndarray | None = None) -> np.ndarray:
         """The index of each key (B,) ``int64``, -1 for a key not in the universe."""
-        if len(keys) > self.PIECE:
-            index = np.empty(len(keys), dtype=np.int64)
-            for lo in range(0, len(keys), self.PIECE):
-                hi = lo + self.PIECE
-                index[lo:hi] = self.find(keys[lo:hi], None if hashes is None else hashes[lo:hi])
+        words = key_words(keys)
+        if hashes is None:  # int ids are their own hash (hash_keys); UTF-8 keys hash their words
+            hashes = hash_keys(keys) if keys.dtype.kind == "i" else hash_words(words)
+        return self.find_words(words, hashes)
+
+    def find_words(self, words: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+        """:meth:`find` of keys given as their :func:`key_words` and hashes."""
+        width = self._words.shape[1]
+        if words.shape[1] < width:  # keys narrower than the universe's
+            return self.find_words(widen_words(words, width), hashes)
+        if words.shape[1] > width:  # a key longer than any in the universe is not there
+            index = self.find_words(np.ascontiguousarray(words[:, :width]), hashes)
+            index[words[:, width:].any(axis=1)] = -1
             return index
-        if not len(keys):
+        if len(words) > self.PIECE:
+            index = np.empty(len(words), dtype=np.int64)
+            for lo in range(0, len(words), self.PIECE):
+                hi = lo + self.PIECE
+                index[lo:hi] = self.find_words(words[lo:hi], hashes[lo:hi])
+            return index
+        if not len(words):
             return np.zeros(0, dtype=np.int64)
-        h = hash_keys(keys) if hashes is None else hashes
+        h = hashes
         slot = self._slots(h)
         entries = self._table[slot]
         index = np.ascontiguousarray(entries["index"])
-        todo = np.flatnonzero((entries["hash"] != h) | (index < 0))
-        while len(todo):  # the few keys whose slot another key took first: probe on
-            todo = todo[index[todo] >= 0]  # an empty slot before the key: not in the universe
-            slot[todo] = (slot[todo] + 1) & self._mask
-            entries = self._table[slot[todo]]
-            index[todo] = entries["index"]
-            todo = todo[(entries["hash"] != h[todo]) & (entries["index"] >= 0)]
+        # Keys whose home slot holds another key (~1 in 4 at the table's load) probe on; an
+        # empty home slot: not in the universe.
+        todo = np.flatnonzero((entries["hash"] != h) & (index >= 0))
+        if len(todo):
+            index[todo] = self._probe(slot[todo], h[todo])
         hit = index >= 0
         if hit.all():
-            wrong = _differ(self.universe[index], keys)
+            wrong = _rows_differ(np.take(self._words, index, axis=0), words)
         else:
-            wrong = np.zeros(len(keys), dtype=bool)
-            wrong[hit] = _differ(self.universe[index[hit]], keys[hit])
+            wrong = np.zeros(len(words), dtype=bool)
+            wrong[hit] = _rows_differ(np.take(self._words, index[hit], axis=0), words[hit])
         index[wrong] = -1  # another key with the same hash: not this one
+        return index
+
+    def _probe(self, slot: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """Linear probing from ``slot`` on, a slot at a time: the index of each hash, or -1."""
+        index = np.full(len(h), -1, dtype=np.int64)
+        todo = np.arange(len(h))
+        while len(todo):
+            slot[todo] += 1  # the table ends with a free slot: no wrapping
+            entries = self._table[slot[todo]]
+            taken = entries["index"] >= 0  # an empty slot before the key: not in the universe
+            hit = taken & (entries["hash"] == h[todo])
+            index[todo[hit]] = entries["index"][hit]
+            todo = todo[taken & ~hit]
         return index
 
     def __call__(self, keys: np.ndarray) -> np.ndarray | None:

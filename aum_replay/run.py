@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -372,49 +373,94 @@ def scan_epochs(
     """The id scan of a run from, per epoch in order, id keys of its shards (repeats allowed;
     :meth:`~aum_replay.format.ShardReader.read_id_keys`) and its number of rows.
 
-    The distinct ids seen so far are kept in arrival order with a
-    :class:`~aum_replay.keys.HashIndex` over them: an epoch's keys are looked up (a hash and a
-    gather a row, no sort), only ids never seen before are sorted and added, and a bincount of
-    the lookups gives how often each id appears in the epoch (an epoch holds an id twice if it
-    has fewer distinct ids than rows). The universe is sorted once, at the end. Raises
-    :class:`~aum_replay.keys.Collision` for two string ids with one hash.
+    The distinct ids seen so far are kept with a :class:`~aum_replay.keys.HashIndex` over them:
+    an epoch's keys are looked up (a hash and a gather a row, no sort), only ids never seen
+    before are sorted and added, and a bincount of the lookups gives how often each id appears
+    in the epoch (an epoch holds an id twice if it has fewer distinct ids than rows). The first
+    epoch's ids come sorted, so a run whose later epochs bring no new id (the common case) is
+    never sorted again. Raises :class:`~aum_replay.keys.Collision` for two string ids with one
+    hash.
 
     ``found_rows``, a list, receives per epoch each key's index in the returned universe, for
     :attr:`IdScan.rows`.
     """
     keys = np.zeros(0, dtype=np.int64 if id_kind == "int" else "S1")
+    words = np.zeros((0, 1), dtype=np.uint64)  # keys as id_keys.key_words
     hashes = np.zeros(0, dtype=np.uint64)
     counts = np.zeros(0, dtype=np.int64)  # per distinct id so far: epochs it appears in
     index: HashIndex | None = None
+    ordered = True  # keys are sorted (as sort_order sorts)
     clean = True
-    for parts, rows in epochs:
-        epoch = np.concatenate(parts)
-        h = id_keys.hash_keys(epoch)  # looked up at call time: tests force collisions
-        found = index.find(epoch, h) if index is not None else np.full(len(epoch), -1)
+    for epoch, epoch_words, h, rows in _hashed_ahead(epochs, id_kind):
+        if index is None:
+            found = np.full(len(epoch), -1, dtype=np.int64)
+        else:
+            found = index.find_words(epoch_words, h)
         new = found < 0
         if new.any():  # ids not seen in an earlier epoch: add them, index them anew
-            distinct, distinct_hash, inverse = unique_keys(epoch[new], h[new])
-            found[new] = len(keys) + inverse
+            every = bool(new.all())
+            fresh = epoch if every else epoch[new]
+            fresh_words = epoch_words if every else epoch_words[new]
+            picks, inverse = unique_keys(fresh, fresh_words)
+            distinct = id_keys.take_keys(fresh, picks)
+            if len(keys) and not keys[-1] < distinct[0]:  # bytes compare as sort_order sorts
+                ordered = False
+            if every:
+                found = inverse + len(keys)
+            else:
+                found[new] = len(keys) + inverse
             keys = _append(keys, distinct)
-            hashes = np.concatenate([hashes, distinct_hash])
+            width = max(words.shape[1], fresh_words.shape[1])
+            words = np.concatenate(
+                [id_keys.widen_words(words, width), id_keys.widen_words(fresh_words[picks], width)]
+            )
+            hashes = np.concatenate([hashes, (h if every else h[new])[picks]])
             counts = np.concatenate([counts, np.zeros(len(distinct), dtype=np.int64)])
-            index = HashIndex(keys, hashes)
+            index = HashIndex(keys, hashes, words)
         if found_rows is not None:
             found_rows.append(found.astype(np.int32))
         per_id = np.bincount(found, minlength=len(keys))
         present = per_id > 0
         clean = clean and int(np.count_nonzero(present)) == rows
         counts += present
-    order = sort_order(keys)  # ints by value; UTF-8 bytes sort as the code points do
-    universe = keys[order]
-    appearances = counts[order] if clean else None
-    if found_rows is not None:  # arrival order -> position in the sorted universe
-        rank = np.empty(len(order), dtype=np.int32)
-        rank[order] = np.arange(len(order), dtype=np.int32)
-        found_rows[:] = [rank[found] for found in found_rows]
+    if not ordered:  # ints by value; UTF-8 bytes sort as the code points do
+        order = sort_order(keys, words)
+        keys = id_keys.take_keys(keys, order)
+        counts = counts[order]
+        if found_rows is not None:  # arrival order -> position in the sorted universe
+            rank = np.empty(len(order), dtype=np.int32)
+            rank[order] = np.arange(len(order), dtype=np.int32)
+            found_rows[:] = [rank[found] for found in found_rows]
+    appearances = counts if clean else None
     if id_kind == "int":
-        return IdScan(universe, appearances)
-    return IdScan(None, appearances, universe)
+        return IdScan(keys, appearances)
+    return IdScan(None, appearances, keys)
+
+
+def _hashed_ahead(
+    epochs: Iterable[tuple[list[np.ndarray], int]], id_kind: str
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Per epoch, its keys, their :func:`~aum_replay.keys.key_words` and hashes, and its rows,
+    each epoch read and hashed by a thread while the caller looks up the one before (reads,
+    copies and numpy's arithmetic release the GIL)."""
+    source = iter(epochs)
+
+    def next_epoch() -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        item = next(source, None)  # only the one thread advances the source
+        if item is None:
+            return None
+        parts, rows = item
+        keys = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        words = id_keys.key_words(keys)
+        # Looked up at call time: tests force collisions. Int ids are their own hash.
+        hashes = id_keys.hash_keys(keys) if id_kind == "int" else id_keys.hash_words(words)
+        return keys, words, hashes, rows
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-scan") as pool:
+        ahead = pool.submit(next_epoch)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(next_epoch)
+            yield item
 
 
 def _append(keys: np.ndarray, more: np.ndarray) -> np.ndarray:

@@ -32,20 +32,20 @@ def test_hashes_do_not_depend_on_the_array_width(values: list[str]) -> None:
 @given(st.lists(ids, min_size=1, max_size=60))
 def test_unique_keys_and_the_index_agree_with_sorting_the_strings(values: list[str]) -> None:
     raw = np.array([v.encode() for v in values], dtype=np.bytes_)
-    distinct, hashes, inverse = unique_keys(raw)
-    assert sorted(distinct.tolist()) == sorted(set(raw.tolist()))
-    assert np.array_equal(hashes, np.sort(hashes))
+    picks, inverse = unique_keys(raw)
+    distinct = raw[picks]
+    assert distinct.tolist() == sorted(set(raw.tolist()))  # sorted as the bytes compare
     assert np.array_equal(distinct[inverse], raw)
-    universe = np.sort(distinct)
+    universe = distinct[::-1]  # any order
     index = HashIndex(universe)(raw)
     assert index is not None and np.array_equal(universe[index], raw)
     assert HashIndex(universe)(np.array([b"\x01not there"])) is None
 
 
 def test_a_collision_is_detected_not_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(keys, "hash_keys", lambda k: np.zeros(len(k), dtype=np.uint64))
-    with pytest.raises(Collision):
-        unique_keys(np.array([b"a", b"b"]))
+    monkeypatch.setattr(keys, "hash_words", lambda w: np.zeros(len(w), dtype=np.uint64))
+    picks, _ = unique_keys(np.array([b"a", b"b"]))  # exact: bytes, not hashes
+    assert len(picks) == 2
     with pytest.raises(Collision):
         HashIndex(np.array([b"a", b"b"]))
 
@@ -71,7 +71,7 @@ def test_a_replay_is_the_same_when_every_hash_collides(
     scan = scan_ids(opened.shards, "str")
     assert scan.appearances is None  # the repeated ids were seen
     compute(run, tmp_path / "hashed")
-    monkeypatch.setattr(keys, "hash_keys", lambda k: np.zeros(len(k), dtype=np.uint64))
+    monkeypatch.setattr(keys, "hash_words", lambda w: np.zeros(len(w), dtype=np.uint64))
     fallback = scan_ids(opened.shards, "str")
     assert fallback.rows is None  # the scan by hash gave up: the bytes were compared instead
     assert np.array_equal(fallback.universe, scan.universe)
@@ -128,3 +128,46 @@ def test_rows_resolved_by_the_scan_replay_as_rows_looked_up_again(
     for name in (VALUES_NAME, FULL_NAME):
         a, b = (tmp_path / "resolved" / name), (tmp_path / "looked-up" / name)
         assert a.read_bytes() == b.read_bytes()
+
+
+@given(
+    st.lists(st.lists(st.text("abcé", min_size=1, max_size=19), max_size=30), max_size=5),
+    st.booleans(),
+)
+def test_the_scan_of_epochs_is_the_plain_one(epochs: list[list[str]], split: bool) -> None:
+    """scan_epochs against sets and counts: later epochs may bring new (smaller) ids and
+    repeats, and shards of one epoch may store their keys at different widths."""
+    from aum_replay.run import scan_epochs
+
+    def shards(values: list[str]) -> list[np.ndarray]:
+        raw = [v.encode() for v in values]
+        if not split or len(raw) < 2:
+            return [np.array(raw, dtype=np.bytes_)]
+        half = len(raw) // 2  # the second shard stored 7 bytes wider than it needs
+        wide = np.array(raw[half:], dtype=np.bytes_)
+        return [np.array(raw[:half], dtype=np.bytes_), wide.astype(f"S{wide.itemsize + 7}")]
+
+    given_epochs = [(shards(values), len(values)) for values in epochs if values]
+    found: list[np.ndarray] = []
+    scan = scan_epochs(iter(given_epochs), "str", found)
+    universe = sorted({v.encode() for values in epochs for v in values})
+    assert scan.keys is not None and scan.keys.tolist() == universe
+    position = {key: i for i, key in enumerate(universe)}
+    rows = [[position[v.encode()] for v in values] for values in epochs if values]
+    assert [f.tolist() for f in found] == rows
+    clean = all(len(set(values)) == len(values) for values in epochs)
+    assert (scan.appearances is not None) == clean
+    if scan.appearances is not None:
+        per_key = [sum(key.decode() in values for values in epochs) for key in universe]
+        assert scan.appearances.tolist() == per_key
+
+
+def test_the_index_finds_keys_stored_narrower_or_wider_than_its_universe() -> None:
+    universe = np.array([b"a", b"bcdefghij", b"klmnopqrstuvwxyz0"])  # S17: three words
+    index = HashIndex(universe)
+    assert index.find(np.array([b"klmnopqrstuvwxyz0", b"a"])).tolist() == [2, 0]  # S17
+    assert index.find(np.array([b"bcdefghij", b"a"])).tolist() == [1, 0]  # S9: two words
+    assert index.find(np.array([b"a"])).tolist() == [0]  # S1: one word
+    wide = np.array([b"a", b"klmnopqrstuvwxyz0-longer-than-any"])  # S33: five words
+    assert index.find(wide).tolist() == [0, -1]
+    assert index.find(np.array([b"b"])).tolist() == [-1]
