@@ -11,7 +11,7 @@ sorted by sample id.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from aum_replay.errors import InputError
 from aum_replay.location import RunDirLike
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.reducers import METRICS, reducers_for
-from aum_replay.replay import feed, id_scan, open_checked, stream
+from aum_replay.replay import feed, open_checked, scan_and_stream
 from aum_replay.run import Run
 
 __all__ = ["DYNAMICS_NAME", "METRICS", "dynamics"]
@@ -101,18 +101,19 @@ def _replay(
     progress: Callable[[int, int], None] | None,
     client: Any,
 ) -> pl.DataFrame:
-    scan = id_scan(run, client)
-    n = scan.size
-    clean = scan.appearances is not None
-    fold = Fold(
-        n,
-        reducers_for(chosen, n),
-        duplicates=duplicates,
-        clean=clean,
-        counts=scan.appearances if clean else None,
-    )
-    segments = stream(run, scan, fold.needs, None, block_bytes, workers, client)
-    feed(fold, segments, run.num_rows, progress)
+    needs = frozenset().union(*(r.needs for r in reducers_for(chosen, 0)))
+    scan, segments = scan_and_stream(run, needs, None, block_bytes, workers, client)
+    with closing(segments):
+        n = scan.size
+        clean = scan.appearances is not None
+        fold = Fold(
+            n,
+            reducers_for(chosen, n),
+            duplicates=duplicates,
+            clean=clean,
+            counts=scan.appearances if clean else None,
+        )
+        feed(fold, segments, run.num_rows, progress)
     folded = fold.result(run.num_rows)
     signals = folded.signals
     columns: dict[str, Any] = {

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -42,7 +42,15 @@ from aum_replay.kernels import Stats, block_stats, loaded_torch, margin_values
 from aum_replay.location import Location, RunDirLike
 from aum_replay.outputs import SCRATCH_PREFIX, OutputSet, writing
 from aum_replay.reducers import AUM
-from aum_replay.run import IdIndex, IdScan, Run, check_targets, open_run, scan_ids
+from aum_replay.run import (
+    IdIndex,
+    IdScan,
+    Run,
+    check_targets,
+    open_run,
+    resolves_rows,
+    scan_ids,
+)
 from aum_replay.summary import SummaryBlock, with_summaries
 
 __all__ = [
@@ -238,17 +246,19 @@ def _compute(
     started: float,
     client: Any = None,
 ) -> ComputeResult:
-    scan = id_scan(run, client)
-    keys = scan.index_keys  # string ids as their sorted UTF-8 keys: never decoded here
-    n = scan.size
     out_path = outputs.out_dir if outputs is not None else None
     keep_records = full and out_path is not None
-    clean = scan.appearances is not None  # no id twice in an epoch: every row counts
     with ExitStack() as stack:
         torch = loaded_torch()  # the kernels use it when it is there (see row_max)
         if threads is not None and torch is not None:
             stack.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(threads)
+        needs = AUM.needs | (RECORD_STATS if keep_records else frozenset())
+        scan, segments = scan_and_stream(run, needs, device, block_bytes, workers, client)
+        stack.callback(segments.close)
+        keys = scan.index_keys  # string ids as their sorted UTF-8 keys: never decoded here
+        n = scan.size
+        clean = scan.appearances is not None  # no id twice in an epoch: every row counts
         spill = (
             stack.enter_context(_Spill.open(out_path, n, run.num_rows, spill_bytes))
             if keep_records
@@ -262,8 +272,6 @@ def _compute(
             counts=scan.appearances if clean else None,
             sink=spill.sink if spill is not None else None,
         )
-        needs = fold.needs | (RECORD_STATS if keep_records else set())
-        segments = stream(run, scan, needs, device, block_bytes, workers, client)
         feed(fold, segments, run.num_rows, progress)
         folded = fold.result(run.num_rows)
         aum = folded.signals["aum"]
@@ -324,6 +332,61 @@ def id_scan(run: Run, client: Any = None) -> IdScan:
     from aum_replay import distributed
 
     return distributed.scan_ids(client, run.shards, run.id_kind)
+
+
+#: Bytes of segments (statistics and labels) that the replay computes ahead while the id scan
+#: runs beside it (:func:`scan_and_stream`): ~2M rows of a values-only replay, what the workers
+#: get through in the ~0.2 s such a scan takes here; beyond it they wait for the scan.
+AHEAD_BYTES = 32 << 20
+
+
+def scan_and_stream(
+    run: Run,
+    needs: frozenset[str],
+    device: Any,
+    block_bytes: int,
+    workers: int,
+    client: Any = None,
+) -> tuple[IdScan, Generator[Segment, None, None]]:
+    """The run's :func:`id_scan` and its segments (:func:`stream`), once the scan is done.
+
+    Where the scan hands back every row's index (string ids: reading, hashing and looking up
+    each id costs ~5x the integer scan), the two run side by side: the scan in a thread of its
+    own, while the workers read the logits and put them through the kernel, which needs no ids.
+    Up to :data:`AHEAD_BYTES` of segments wait for their indices meanwhile. Elsewhere the scan
+    comes first. Close the returned generator when done with it.
+    """
+    if client is not None or not resolves_rows(run.shards, run.id_kind):
+        scan = id_scan(run, client)
+        return scan, _resumed(None, stream(run, scan, needs, device, block_bytes, workers, client))
+    if all(shard.storage == "summary" for shard in run.shards):
+        workers = 0  # as in stream()
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-ids")
+    later = pool.submit(scan_ids, run.shards, run.id_kind, stop)
+    segments = _stream(run, None, _kernel(device, needs), block_bytes, workers, later=later)
+    try:
+        first = next(segments, None)  # starts the workers; here once the scan is done
+        scan = later.result()
+    except BaseException:
+        stop.set()  # the scan stops before its next shard
+        segments.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)
+    return scan, _resumed(first, segments)
+
+
+def _resumed(first: Segment | None, rest: Iterator[Segment]) -> Generator[Segment, None, None]:
+    """``first`` (unless None), then ``rest``, which is closed with the generator."""
+    try:
+        if first is not None:
+            yield first
+        yield from rest
+    finally:
+        close = getattr(rest, "close", None)
+        if close is not None:
+            close()
 
 
 def stream(
@@ -434,16 +497,19 @@ def _kernel(device: Any, needs: frozenset[str]) -> Kernel:
 
 def _stream(
     run: Run,
-    ids: IdIndex,
+    ids: IdIndex | None,
     kernel: Kernel,
     block_bytes: int,
     workers: int,
     resolved: dict[Location, np.ndarray] | None = None,
-) -> Iterator[Segment]:
+    later: Future[IdScan] | None = None,
+) -> Generator[Segment, None, None]:
     """Blocks of every selected shard, through the kernel, in measurement order.
 
     ``resolved`` (:attr:`aum_replay.run.IdScan.rows`): each shard's rows' indices, already
-    found by the id scan; the ids are then not read again.
+    found by the id scan; the ids are then not read again. ``later`` instead of ``ids``: the
+    scan, still running; blocks are computed without their indices and given them, here, once
+    it is done (see :func:`scan_and_stream`).
 
     ``workers`` threads each read a block into a buffer of their own and compute its margins
     while the block is still in that core's cache; the caller gets the blocks back in order.
@@ -478,14 +544,58 @@ def _stream(
         return read_segment(reader, start, stop, positions[i], index, kernel, buffer)
 
     positions = np.cumsum([0] + [stop - start for _, start, stop in plan]).tolist()
+    if workers == 0:
+        done: Generator[Segment, None, None] = (work(i) for i in range(len(plan)))
+    else:
+        done = _in_order(work, len(plan), workers)
     try:
-        if workers == 0:
-            yield from (work(i) for i in range(len(plan)))
+        if later is None:
+            yield from done
         else:
-            yield from _in_order(work, len(plan), workers)
-    finally:  # after _in_order has waited for every worker
+            yield from _indexed_later(run, plan, done, later)
+    finally:
+        # Closed here, not when collected: a traceback that holds these frames would keep the
+        # workers alive. _in_order waits for every worker before the readers are closed.
+        done.close()
         for reader in opened:
             reader.close()
+
+
+def _indexed_later(
+    run: Run,
+    plan: list[tuple[ShardInfo, int, int]],
+    done: Iterator[Segment],
+    later: Future[IdScan],
+) -> Iterator[Segment]:
+    """The segments of ``plan`` from ``done``, given their indices once the scan ``later`` is
+    done; up to :data:`AHEAD_BYTES` of them wait for it, then the workers do."""
+    held: deque[tuple[int, Segment]] = deque()
+    held_bytes = 0
+    lookup: IdIndex | None = None
+
+    def indexed(i: int, seg: Segment) -> Segment:
+        nonlocal lookup
+        shard, start, stop = plan[i]
+        scan = later.result()
+        if scan.rows is not None:
+            seg.index = scan.rows[shard.path][start:stop].astype(np.int64)
+        else:  # two ids shared a hash, and the scan compared bytes instead: look them up
+            lookup = lookup or IdIndex(scan.index_keys, run.id_kind)
+            with ShardReader(shard.path, info=shard) as reader:
+                seg.index = lookup(reader.read_id_keys(start, stop))
+        return seg
+
+    for i, seg in enumerate(done):
+        if not later.done() and held_bytes < AHEAD_BYTES:
+            held.append((i, seg))
+            held_bytes += seg.nbytes
+            continue
+        while held:
+            yield indexed(*held.popleft())
+        held_bytes = 0
+        yield indexed(i, seg)
+    while held:
+        yield indexed(*held.popleft())
 
 
 def read_segment(
@@ -493,13 +603,14 @@ def read_segment(
     start: int,
     stop: int,
     position: int,
-    ids: IdIndex | np.ndarray,
+    ids: IdIndex | np.ndarray | None,
     kernel: Kernel,
     buffer: np.ndarray | None,
 ) -> Segment:
     """Rows ``start:stop`` of one shard through the kernel, as the segment at ``position``.
 
-    ``ids`` maps the rows' ids to their index, or is already every row's index in the shard.
+    ``ids`` maps the rows' ids to their index, or is already every row's index in the shard,
+    or is ``None``: the segment's ``index`` is then empty, for the caller to fill.
 
     ``buffer`` (at least ``stop - start`` rows of the shard's disk dtype) receives the logits
     and is the kernel's scratch; a summary shard (``storage="summary"``) needs none.
@@ -512,7 +623,9 @@ def read_segment(
     else:
         logits, targets = reader.read_arrays(start, stop, out=buffer)
     check_targets(targets, shard.num_classes, f"{shard.path} rows {start}:{stop}")
-    if isinstance(ids, np.ndarray):
+    if ids is None:  # given later (see _indexed_later)
+        index = np.zeros(0, dtype=np.int64)
+    elif isinstance(ids, np.ndarray):
         index = ids[start:stop].astype(np.int64)
     else:
         index = ids(reader.read_id_keys(start, stop))  # string ids as UTF-8 keys: no str a row
@@ -522,7 +635,9 @@ def read_segment(
     return Segment(position, shard.epoch, index, targets, stats, finite)
 
 
-def _in_order(work: Callable[[int], Segment], count: int, workers: int) -> Iterator[Segment]:
+def _in_order(
+    work: Callable[[int], Segment], count: int, workers: int
+) -> Generator[Segment, None, None]:
     """``work(0), work(1), ...`` computed by ``workers`` threads, a few ahead, yielded in order.
 
     However the caller stops (an error, ``close()``), no thread is still working on return.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,7 +256,9 @@ def decode_keys(keys: np.ndarray) -> np.ndarray:
         return np.char.decode(keys, "utf-8")
 
 
-def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
+def scan_ids(
+    shards: Sequence[ShardInfo], id_kind: str, stop: threading.Event | None = None
+) -> IdScan:
     """Read every sample id of ``shards`` (in epoch order) once: the universe, and whether any
     epoch holds an id twice.
 
@@ -264,10 +266,13 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
     ``[low, high]`` (widened as later shards need, while it stays within a few times the rows
     read) is stamped with the epoch it was last seen in, and an epoch whose distinct stamps are
     fewer than its rows held an id twice.
+
+    ``stop``: once set, a scan of string ids raises :class:`ScanStopped` before its next shard
+    (the replay sets it when it ends early while the scan runs beside it).
     """
     if id_kind == "str":
         try:
-            return _scan_string_keys(shards)
+            return _scan_string_keys(shards, stop)
         except Collision:  # two ids with one hash: sort the bytes instead (below)
             pass
     uniques: list[np.ndarray] = []
@@ -335,11 +340,20 @@ def scan_ids(shards: Sequence[ShardInfo], id_kind: str) -> IdScan:
 RESOLVED_BYTES = 256 << 20
 
 
-def _scan_string_keys(shards: Sequence[ShardInfo]) -> IdScan:
+class ScanStopped(Exception):
+    """The id scan was asked to stop (:func:`scan_ids`' ``stop``) before it finished."""
+
+
+def resolves_rows(shards: Sequence[ShardInfo], id_kind: str) -> bool:
+    """Whether :func:`scan_ids` hands back every row's index (:attr:`IdScan.rows`): string ids
+    of at most :data:`RESOLVED_BYTES` of indices (unless two ids share a hash)."""
+    return id_kind == "str" and sum(s.num_rows for s in shards) * 4 <= RESOLVED_BYTES
+
+
+def _scan_string_keys(shards: Sequence[ShardInfo], stop: threading.Event | None) -> IdScan:
     """:func:`scan_ids` of string ids by their hashes (see :func:`scan_epochs`)."""
-    keep = sum(s.num_rows for s in shards) * 4 <= RESOLVED_BYTES
-    found: list[np.ndarray] | None = [] if keep else None
-    scan = scan_epochs(_epoch_keys(shards), "str", found)
+    found: list[np.ndarray] | None = [] if resolves_rows(shards, "str") else None
+    scan = scan_epochs(_epoch_keys(shards, stop), "str", found)
     if found is None:
         return scan
     resolved = np.concatenate(found) if found else np.zeros(0, dtype=np.int32)
@@ -351,11 +365,16 @@ def _scan_string_keys(shards: Sequence[ShardInfo]) -> IdScan:
     return dataclasses.replace(scan, rows=rows)
 
 
-def _epoch_keys(shards: Sequence[ShardInfo]) -> Iterator[tuple[list[np.ndarray], int]]:
-    """Per epoch with rows, its shards' id keys and its number of rows."""
+def _epoch_keys(
+    shards: Sequence[ShardInfo], stop: threading.Event | None = None
+) -> Iterator[tuple[list[np.ndarray], int]]:
+    """Per epoch with rows, its shards' id keys and its number of rows; raises
+    :class:`ScanStopped` before reading a shard once ``stop`` is set."""
     parts: list[np.ndarray] = []
     rows = 0
     for k, info in enumerate(shards):
+        if stop is not None and stop.is_set():
+            raise ScanStopped
         ids = read_all_id_keys(info)
         if len(ids):
             parts.append(ids)
@@ -391,38 +410,38 @@ def scan_epochs(
     index: HashIndex | None = None
     ordered = True  # keys are sorted (as sort_order sorts)
     clean = True
-    for epoch, epoch_words, h, rows in _hashed_ahead(epochs, id_kind):
-        if index is None:
-            found = np.full(len(epoch), -1, dtype=np.int64)
-        else:
-            found = index.find_words(epoch_words, h)
-        new = found < 0
-        if new.any():  # ids not seen in an earlier epoch: add them, index them anew
-            every = bool(new.all())
-            fresh = epoch if every else epoch[new]
-            fresh_words = epoch_words if every else epoch_words[new]
-            picks, inverse = unique_keys(fresh, fresh_words)
-            distinct = id_keys.take_keys(fresh, picks)
-            if len(keys) and not keys[-1] < distinct[0]:  # bytes compare as sort_order sorts
-                ordered = False
-            if every:
-                found = inverse + len(keys)
+    with closing(_hashed_ahead(epochs, id_kind)) as ahead:  # its thread ends with it
+        for epoch, epoch_words, h, rows in ahead:
+            if index is None:
+                found = np.full(len(epoch), -1, dtype=np.int64)
             else:
-                found[new] = len(keys) + inverse
-            keys = _append(keys, distinct)
-            width = max(words.shape[1], fresh_words.shape[1])
-            words = np.concatenate(
-                [id_keys.widen_words(words, width), id_keys.widen_words(fresh_words[picks], width)]
-            )
-            hashes = np.concatenate([hashes, (h if every else h[new])[picks]])
-            counts = np.concatenate([counts, np.zeros(len(distinct), dtype=np.int64)])
-            index = HashIndex(keys, hashes, words)
-        if found_rows is not None:
-            found_rows.append(found.astype(np.int32))
-        per_id = np.bincount(found, minlength=len(keys))
-        present = per_id > 0
-        clean = clean and int(np.count_nonzero(present)) == rows
-        counts += present
+                found = index.find_words(epoch_words, h)
+            new = found < 0
+            if new.any():  # ids not seen in an earlier epoch: add them, index them anew
+                every = bool(new.all())
+                fresh = epoch if every else epoch[new]
+                fresh_words = epoch_words if every else epoch_words[new]
+                picks, inverse = unique_keys(fresh, fresh_words)
+                distinct = id_keys.take_keys(fresh, picks)
+                if len(keys) and not keys[-1] < distinct[0]:  # bytes compare as sort_order sorts
+                    ordered = False
+                if every:
+                    found = inverse + len(keys)
+                else:
+                    found[new] = len(keys) + inverse
+                keys = _append(keys, distinct)
+                width = max(words.shape[1], fresh_words.shape[1])
+                added = id_keys.widen_words(fresh_words[picks], width)
+                words = np.concatenate([id_keys.widen_words(words, width), added])
+                hashes = np.concatenate([hashes, (h if every else h[new])[picks]])
+                counts = np.concatenate([counts, np.zeros(len(distinct), dtype=np.int64)])
+                index = HashIndex(keys, hashes, words)
+            if found_rows is not None:
+                found_rows.append(found.astype(np.int32))
+            per_id = np.bincount(found, minlength=len(keys))
+            present = per_id > 0
+            clean = clean and int(np.count_nonzero(present)) == rows
+            counts += present
     if not ordered:  # ints by value; UTF-8 bytes sort as the code points do
         order = sort_order(keys, words)
         keys = id_keys.take_keys(keys, order)
@@ -439,7 +458,7 @@ def scan_epochs(
 
 def _hashed_ahead(
     epochs: Iterable[tuple[list[np.ndarray], int]], id_kind: str
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray, int], None, None]:
     """Per epoch, its keys, their :func:`~aum_replay.keys.key_words` and hashes, and its rows,
     each epoch read and hashed by a thread while the caller looks up the one before (reads,
     copies and numpy's arithmetic release the GIL)."""
