@@ -21,7 +21,6 @@ __all__ = [
     "hash_words",
     "key_words",
     "sort_order",
-    "take_keys",
     "unique_keys",
     "widen_words",
 ]
@@ -139,15 +138,6 @@ def unique_keys(keys: np.ndarray, words: np.ndarray | None = None) -> tuple[np.n
     return order[first], inverse
 
 
-def take_keys(keys: np.ndarray, picks: np.ndarray) -> np.ndarray:
-    """``keys[picks]``: ``S`` keys gathered as rows of bytes, which numpy copies 3-10x faster
-    than ``S`` elements of an odd width."""
-    if keys.dtype.kind != "S" or not len(keys):
-        return keys[picks]
-    rows = np.ascontiguousarray(keys).view(np.uint8).reshape(len(keys), keys.dtype.itemsize)
-    return np.take(rows, picks, axis=0).view(keys.dtype).reshape(len(picks))
-
-
 def widen_words(words: np.ndarray, count: int) -> np.ndarray:
     """Rows of :func:`key_words` padded with zero words to ``count`` words (a key's words do not
     depend on the width they are stored at, but for trailing zeros)."""
@@ -188,28 +178,31 @@ class HashIndex:
         h = hash_keys(universe) if hashes is None else hashes
         if n > 1 and not (h[1:] > h[:-1]).all():  # hashes that come sorted need no sort
             ordered = np.sort(h)
-            if (ordered[1:] == ordered[:-1]).any():
+            collide = bool((ordered[1:] == ordered[:-1]).any())
+            del ordered
+            if collide:
                 raise Collision
         bits = max(4, (2 * n - 1).bit_length())
         self._shift = np.uint64(64 - bits)
         # Linear probing without wrapping, built in one pass: keys in order of their home slot
         # each take the first free slot from home on, pos_i = max(home_i, pos_{i-1} + 1), a
         # running maximum of home_i - i. Every slot between a key's home and its place is
-        # taken, as a lookup's probe needs, and the table ends with a free slot.
-        slot = self._slots(h)
-        order = np.argsort(slot)
-        home = slot[order]
+        # taken, as a lookup's probe needs, and the table ends with a free slot. (In place:
+        # the build's temporaries are a few arrays of n, next to a table of 2-4n slots.)
+        order = np.argsort(self._slots(h))
+        place = self._slots(h[order])  # each key's home, in home order
         step = np.arange(n)
-        place = np.maximum.accumulate(home - step) + step if n else home
+        place -= step
+        np.maximum.accumulate(place, out=place)
+        place += step
+        del step
         size = max(1 << bits, int(place[-1]) + 2 if n else 0)
         # A slot holds a key's hash and index side by side: a probe is one gather, one cache
         # line, where two arrays would cost two misses a key in a table larger than the caches.
         self._table = np.zeros(size, dtype=_SLOT)
         self._table["index"] = -1
-        entries = np.empty(n, dtype=_SLOT)
-        entries["hash"] = h[order]
-        entries["index"] = order
-        self._table[place] = entries
+        self._table["index"][place] = order
+        self._table["hash"][place] = h[order]
 
     def _slots(self, h: np.ndarray) -> np.ndarray:
         # Fibonacci hashing: the top bits of h times an odd constant. String hashes are mixed

@@ -352,11 +352,12 @@ def resolves_rows(shards: Sequence[ShardInfo], id_kind: str) -> bool:
 
 def _scan_string_keys(shards: Sequence[ShardInfo], stop: threading.Event | None) -> IdScan:
     """:func:`scan_ids` of string ids by their hashes (see :func:`scan_epochs`)."""
-    found: list[np.ndarray] | None = [] if resolves_rows(shards, "str") else None
-    scan = scan_epochs(_epoch_keys(shards, stop), "str", found)
-    if found is None:
+    resolved = None
+    if resolves_rows(shards, "str"):
+        resolved = np.empty(sum(s.num_rows for s in shards), dtype=np.int32)
+    scan = scan_epochs(_epoch_keys(shards, stop), "str", resolved)
+    if resolved is None:
         return scan
-    resolved = np.concatenate(found) if found else np.zeros(0, dtype=np.int32)
     rows: dict[Location, np.ndarray] = {}
     at = 0
     for info in shards:
@@ -387,7 +388,7 @@ def _epoch_keys(
 def scan_epochs(
     epochs: Iterable[tuple[list[np.ndarray], int]],
     id_kind: str,
-    found_rows: list[np.ndarray] | None = None,
+    resolved: np.ndarray | None = None,
 ) -> IdScan:
     """The id scan of a run from, per epoch in order, id keys of its shards (repeats allowed;
     :meth:`~aum_replay.format.ShardReader.read_id_keys`) and its number of rows.
@@ -400,71 +401,92 @@ def scan_epochs(
     never sorted again. Raises :class:`~aum_replay.keys.Collision` for two string ids with one
     hash.
 
-    ``found_rows``, a list, receives per epoch each key's index in the returned universe, for
-    :attr:`IdScan.rows`.
+    ``resolved``, an ``int32`` array of the run's rows, receives each row's index in the
+    returned universe, epoch after epoch, for :attr:`IdScan.rows`.
     """
-    keys = np.zeros(0, dtype=np.int64 if id_kind == "int" else "S1")
-    words = np.zeros((0, 1), dtype=np.uint64)  # keys as id_keys.key_words
+    # The distinct ids so far, as key_words rows (their keys are a view of them: _as_keys).
+    words = np.zeros((0, 1), dtype=np.uint64)
     hashes = np.zeros(0, dtype=np.uint64)
     counts = np.zeros(0, dtype=np.int64)  # per distinct id so far: epochs it appears in
     index: HashIndex | None = None
-    ordered = True  # keys are sorted (as sort_order sorts)
+    ordered = True  # the ids are sorted (as sort_order sorts)
+    at = 0  # rows resolved so far
     clean = True
     with closing(_hashed_ahead(epochs, id_kind)) as ahead:  # its thread ends with it
-        for epoch, epoch_words, h, rows in ahead:
+        for epoch_words, h, rows in ahead:
             if index is None:
-                found = np.full(len(epoch), -1, dtype=np.int64)
+                found = np.full(len(epoch_words), -1, dtype=np.int64)
             else:
                 found = index.find_words(epoch_words, h)
             new = found < 0
             if new.any():  # ids not seen in an earlier epoch: add them, index them anew
                 every = bool(new.all())
-                fresh = epoch if every else epoch[new]
-                fresh_words = epoch_words if every else epoch_words[new]
-                picks, inverse = unique_keys(fresh, fresh_words)
-                distinct = id_keys.take_keys(fresh, picks)
-                if len(keys) and not keys[-1] < distinct[0]:  # bytes compare as sort_order sorts
-                    ordered = False
+                fresh = epoch_words if every else epoch_words[new]
+                picks, inverse = unique_keys(_as_keys(fresh, id_kind), fresh)
+                added = np.take(fresh, picks, axis=0)
+                added_hashes = (h if every else h[new])[picks]
+                last = _as_keys(words[-1:], id_kind)
+                if len(last) and not last[0] < _as_keys(added[:1], id_kind)[0]:
+                    ordered = False  # bytes compare as sort_order sorts
+                inverse += len(words)
                 if every:
-                    found = inverse + len(keys)
+                    found = inverse
                 else:
-                    found[new] = len(keys) + inverse
-                keys = _append(keys, distinct)
-                width = max(words.shape[1], fresh_words.shape[1])
-                added = id_keys.widen_words(fresh_words[picks], width)
-                words = np.concatenate([id_keys.widen_words(words, width), added])
-                hashes = np.concatenate([hashes, (h if every else h[new])[picks]])
-                counts = np.concatenate([counts, np.zeros(len(distinct), dtype=np.int64)])
-                index = HashIndex(keys, hashes, words)
-            if found_rows is not None:
-                found_rows.append(found.astype(np.int32))
-            per_id = np.bincount(found, minlength=len(keys))
+                    found[new] = inverse
+                del inverse, picks
+                if not len(words):  # the first ids: no copy
+                    words, hashes = added, added_hashes
+                else:
+                    width = max(words.shape[1], added.shape[1])
+                    words = np.concatenate(
+                        [id_keys.widen_words(words, width), id_keys.widen_words(added, width)]
+                    )
+                    hashes = np.concatenate([hashes, added_hashes])
+                del fresh, added, added_hashes, epoch_words, h  # before the table is built
+                counts = np.concatenate([counts, np.zeros(len(words) - len(counts), np.int64)])
+                index = None  # the old table goes before the new one is built
+                index = HashIndex(_as_keys(words, id_kind), hashes, words)
+            if resolved is not None:
+                resolved[at : at + len(found)] = found
+                at += len(found)
+            per_id = np.bincount(found, minlength=len(words))
             present = per_id > 0
             clean = clean and int(np.count_nonzero(present)) == rows
             counts += present
+    index = None
     if not ordered:  # ints by value; UTF-8 bytes sort as the code points do
-        order = sort_order(keys, words)
-        keys = id_keys.take_keys(keys, order)
+        order = sort_order(_as_keys(words, id_kind), words)
+        words = np.take(words, order, axis=0)
         counts = counts[order]
-        if found_rows is not None:  # arrival order -> position in the sorted universe
+        if resolved is not None:  # arrival order -> position in the sorted universe
             rank = np.empty(len(order), dtype=np.int32)
             rank[order] = np.arange(len(order), dtype=np.int32)
-            found_rows[:] = [rank[found] for found in found_rows]
+            for lo in range(0, at, 1 << 20):  # in place, in pieces: no second array of rows
+                resolved[lo : lo + (1 << 20)] = rank[resolved[lo : lo + (1 << 20)]]
+    keys = _as_keys(words, id_kind)
     appearances = counts if clean else None
     if id_kind == "int":
         return IdScan(keys, appearances)
     return IdScan(None, appearances, keys)
 
 
+def _as_keys(words: np.ndarray, id_kind: str) -> np.ndarray:
+    """Rows of :func:`~aum_replay.keys.key_words` as keys, a view: ``int64`` ids, or UTF-8 keys
+    at the words' width (NUL-padded, which numpy and polars strip, as keys hold no NUL)."""
+    if id_kind == "int":
+        return words.view(np.int64).reshape(-1)
+    return words.view(f"S{8 * words.shape[1]}").reshape(-1)
+
+
 def _hashed_ahead(
     epochs: Iterable[tuple[list[np.ndarray], int]], id_kind: str
-) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray, int], None, None]:
-    """Per epoch, its keys, their :func:`~aum_replay.keys.key_words` and hashes, and its rows,
+) -> Generator[tuple[np.ndarray, np.ndarray, int], None, None]:
+    """Per epoch, its keys as :func:`~aum_replay.keys.key_words`, their hashes, and its rows,
     each epoch read and hashed by a thread while the caller looks up the one before (reads,
     copies and numpy's arithmetic release the GIL)."""
     source = iter(epochs)
 
-    def next_epoch() -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    def next_epoch() -> tuple[np.ndarray, np.ndarray, int] | None:
         item = next(source, None)  # only the one thread advances the source
         if item is None:
             return None
@@ -473,20 +495,22 @@ def _hashed_ahead(
         words = id_keys.key_words(keys)
         # Looked up at call time: tests force collisions. Int ids are their own hash.
         hashes = id_keys.hash_keys(keys) if id_kind == "int" else id_keys.hash_words(words)
-        return keys, words, hashes, rows
+        parts.clear()  # the source's list too: the keys go now, unless words is a view of them
+        return words, hashes, rows
 
+    first = next_epoch()
+    if first is None:
+        return
+    # The first epoch is sorted and indexed, the scan's peak of memory: the next one is read
+    # only after it. Later epochs are looked up in the table, while the next one is read.
+    yield first
+    del first
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-scan") as pool:
         ahead = pool.submit(next_epoch)
         while (item := ahead.result()) is not None:
             ahead = pool.submit(next_epoch)
             yield item
-
-
-def _append(keys: np.ndarray, more: np.ndarray) -> np.ndarray:
-    """``keys`` then ``more``; ``S`` keys widened to the wider of the two."""
-    if keys.dtype.kind == "S" and more.dtype.itemsize > keys.dtype.itemsize:
-        keys = keys.astype(more.dtype)
-    return np.concatenate([keys, more.astype(keys.dtype, copy=False)])
+            del item
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -148,13 +148,13 @@ def test_the_scan_of_epochs_is_the_plain_one(epochs: list[list[str]], split: boo
         return [np.array(raw[:half], dtype=np.bytes_), wide.astype(f"S{wide.itemsize + 7}")]
 
     given_epochs = [(shards(values), len(values)) for values in epochs if values]
-    found: list[np.ndarray] = []
-    scan = scan_epochs(iter(given_epochs), "str", found)
+    resolved = np.full(sum(len(values) for values in epochs), -1, dtype=np.int32)
+    scan = scan_epochs(iter(given_epochs), "str", resolved)
     universe = sorted({v.encode() for values in epochs for v in values})
     assert scan.keys is not None and scan.keys.tolist() == universe
     position = {key: i for i, key in enumerate(universe)}
-    rows = [[position[v.encode()] for v in values] for values in epochs if values]
-    assert [f.tolist() for f in found] == rows
+    rows = [position[v.encode()] for values in epochs for v in values]
+    assert resolved.tolist() == rows
     clean = all(len(set(values)) == len(values) for values in epochs)
     assert (scan.appearances is not None) == clean
     if scan.appearances is not None:

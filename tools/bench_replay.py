@@ -45,7 +45,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from measure import peak_rss_mib
+from measure import peak_rss_mib, rss_mib
 
 
 def write_run(run_dir: Path, samples: int, classes: int, epochs: int, seed: int = 0) -> float:
@@ -414,12 +414,15 @@ def format_child(run_dir: str, verify: bool, full: bool) -> None:
 
     kernels.USE_LOADED_TORCH = False  # the CLI's kernels
     format.VERIFY = verify
+    base = rss_mib() * 1024  # before any replay: the interpreter, its imports (torch here)
     compute(run_dir, None, full=full)
     started = time.perf_counter()
     result = compute(run_dir, None, full=full)
     seconds = time.perf_counter() - started
     rss = peak_rss_mib() * 1024  # VmHWM: this process's own peak (see measure.py)
-    print(json.dumps({"seconds": seconds, "rows": result.num_measurements, "rss_kib": rss}))
+    record = {"seconds": seconds, "rows": result.num_measurements, "rss_kib": rss}
+    record["replay_kib"] = rss - base  # what the replay itself added at its peak
+    print(json.dumps(record))
 
 
 def format_replay(run_dir: Path, verify: bool = True, repeats: int = 3) -> dict[str, float]:
@@ -471,13 +474,18 @@ def format_figures(args: argparse.Namespace) -> None:
             "values_only_s_v2_unverified": round(off["seconds"], 3),
             "string_ids_s_v1": round(str1["seconds"], 3),
             "string_ids_s_v2": round(str2["seconds"], 3),
+            "replay_memory_mib_int_v2": round(on["replay_kib"] / 1024, 1),
+            "replay_memory_mib_string_v2": round(str2["replay_kib"] / 1024, 1),
         }
         ratios: dict[str, float] = {
             "verification_share_of_replay": (on["seconds"] - off["seconds"]) / on["seconds"],
             "v2_vs_v1_values_time": on["seconds"] / r1["seconds"],
             "string_vs_int_row_rate_v1": r1["seconds"] / str1["seconds"],
             "string_vs_int_row_rate_v2": on["seconds"] / str2["seconds"],
-            "string_vs_int_rss_v2": str2["rss_kib"] / on["rss_kib"],
+            # Memory the replay adds to the process (peak minus the RSS before it: the
+            # interpreter and torch, which this script imports and the CLI does not).
+            "string_vs_int_replay_memory_v2": str2["replay_kib"] / on["replay_kib"],
+            "string_vs_int_rss_v2_whole_process": str2["rss_kib"] / on["rss_kib"],
         }
         for classes in (100, 1000):
             rows = max(1024, n * 100 // classes)  # about the same bytes of logits
@@ -508,7 +516,7 @@ def format_figures(args: argparse.Namespace) -> None:
         "verification_at_most_10pct": ratios["verification_share_of_replay"] <= 0.10,
         "validation_at_most_0.2ms": report["c100"]["validation_ms_per_shard_v2"] <= 0.2,
         "string_ids_half_the_int_row_rate": ratios["string_vs_int_row_rate_v2"] >= 0.5,
-        "string_ids_memory_within_2x": ratios["string_vs_int_rss_v2"] <= 2.0,
+        "string_ids_memory_within_2x": ratios["string_vs_int_replay_memory_v2"] <= 2.0,
         "summary_c1000_100x_less_disk": ratios["c1000_disk_full_vs_summary"] >= 100,
         "summary_c1000_hook_no_slower": ratios["c1000_hook_summary_vs_full"] <= 1.0,
         "summary_c1000_replay_20x_faster": ratios["c1000_replay_speed_summary_vs_full"] >= 20,

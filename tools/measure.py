@@ -1,4 +1,4 @@
-"""Shared by the benchmark scripts: the peak resident memory of this process.
+"""Shared by the benchmark scripts: the peak (and current) resident memory of this process.
 
 ``getrusage().ru_maxrss`` is the wrong figure for a child process on Linux: it survives
 ``execve``, so a fresh interpreter started by a parent that holds 300 MiB (torch, a written run)
@@ -20,3 +20,13 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on BSD
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now, in MiB (Linux; else the peak)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024  # kB
+    return peak_rss_mib()
