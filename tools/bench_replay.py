@@ -409,8 +409,12 @@ def write_format_run(
 
 
 def format_child(run_dir: str, verify: bool, full: bool) -> None:
-    """One values-only (or full) replay in a fresh process, after a warm-up call."""
+    """One values-only (or full) replay in a fresh process, after a warm-up call, with the
+    console script's allocator setting (one malloc arena, ``cli.limit_malloc_arenas``)."""
     from aum_replay import compute, format, kernels
+    from aum_replay.cli import limit_malloc_arenas
+
+    limit_malloc_arenas()
 
     kernels.USE_LOADED_TORCH = False  # the CLI's kernels
     format.VERIFY = verify
