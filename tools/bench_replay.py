@@ -45,7 +45,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from measure import peak_rss_mib, rss_mib
+from measure import peak_rss_mib
 
 
 def write_run(run_dir: Path, samples: int, classes: int, epochs: int, seed: int = 0) -> float:
@@ -277,7 +277,6 @@ def main() -> None:
         action="store_true",
         help="only the format v2 figures against v1 on the same logits (one JSON line)",
     )
-    parser.add_argument("--format-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child, full=args.full, numpy_only=args.numpy_only)
@@ -288,9 +287,6 @@ def main() -> None:
     if args.engine:
         torch.set_num_threads(1)
         engine(args.scale, args.repeats)
-        return
-    if args.format_child:
-        format_child(args.format_child[0], args.format_child[1] == "1", full=False)
         return
     if args.format_v2:
         format_figures(args)
@@ -408,31 +404,11 @@ def write_format_run(
     return in_log, time.perf_counter() - started
 
 
-def format_child(run_dir: str, verify: bool, full: bool) -> None:
-    """One values-only (or full) replay in a fresh process, after a warm-up call, with the
-    console script's allocator setting (one malloc arena, ``cli.limit_malloc_arenas``)."""
-    from aum_replay import compute, format, kernels
-    from aum_replay.cli import limit_malloc_arenas
-
-    limit_malloc_arenas()
-
-    kernels.USE_LOADED_TORCH = False  # the CLI's kernels
-    format.VERIFY = verify
-    base = rss_mib() * 1024  # before any replay: the interpreter, its imports (torch here)
-    compute(run_dir, None, full=full)
-    started = time.perf_counter()
-    result = compute(run_dir, None, full=full)
-    seconds = time.perf_counter() - started
-    rss = peak_rss_mib() * 1024  # VmHWM: this process's own peak (see measure.py)
-    record = {"seconds": seconds, "rows": result.num_measurements, "rss_kib": rss}
-    record["replay_kib"] = rss - base  # what the replay itself added at its peak
-    print(json.dumps(record))
-
-
 def format_replay(run_dir: Path, verify: bool = True, repeats: int = 3) -> dict[str, float]:
     runs = []
     for _ in range(repeats):
-        args = [sys.executable, __file__, "--format-child", str(run_dir), str(int(verify))]
+        child = Path(__file__).with_name("replay_child.py")
+        args = [sys.executable, str(child), str(run_dir), str(int(verify))]
         done = subprocess.run(args, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(done.stderr)
@@ -486,8 +462,8 @@ def format_figures(args: argparse.Namespace) -> None:
             "v2_vs_v1_values_time": on["seconds"] / r1["seconds"],
             "string_vs_int_row_rate_v1": r1["seconds"] / str1["seconds"],
             "string_vs_int_row_rate_v2": on["seconds"] / str2["seconds"],
-            # Memory the replay adds to the process (peak minus the RSS before it: the
-            # interpreter and torch, which this script imports and the CLI does not).
+            # Memory the replay adds to the process (peak minus the RSS before it), in a child
+            # that imports no torch, as the console script (tools/replay_child.py).
             "string_vs_int_replay_memory_v2": str2["replay_kib"] / on["replay_kib"],
             "string_vs_int_rss_v2_whole_process": str2["rss_kib"] / on["rss_kib"],
         }
