@@ -404,11 +404,13 @@ def write_format_run(
     return in_log, time.perf_counter() - started
 
 
-def format_replay(run_dir: Path, verify: bool = True, repeats: int = 3) -> dict[str, float]:
+def format_replay(
+    run_dir: Path, verify: bool = True, repeats: int = 3, mode: str = "library"
+) -> dict[str, float]:
     runs = []
     for _ in range(repeats):
         child = Path(__file__).with_name("replay_child.py")
-        args = [sys.executable, str(child), str(run_dir), str(int(verify))]
+        args = [sys.executable, str(child), str(run_dir), str(int(verify)), mode]
         done = subprocess.run(args, capture_output=True, text=True, check=False)
         if done.returncode:
             raise SystemExit(done.stderr)
@@ -446,6 +448,7 @@ def format_figures(args: argparse.Namespace) -> None:
         on, off = format_replay(v2, True), format_replay(v2, False)
         r1 = format_replay(v1)
         str1, str2 = format_replay(s1), format_replay(s2)
+        cli_int, cli_str = format_replay(v2, mode="cli"), format_replay(s2, mode="cli")
         report["c100"] = {
             "validation_ms_per_shard_v1": round(validation_ms(v1), 3),
             "validation_ms_per_shard_v2": round(validation_ms(v2), 3),
@@ -456,6 +459,8 @@ def format_figures(args: argparse.Namespace) -> None:
             "string_ids_s_v2": round(str2["seconds"], 3),
             "replay_memory_mib_int_v2": round(on["replay_kib"] / 1024, 1),
             "replay_memory_mib_string_v2": round(str2["replay_kib"] / 1024, 1),
+            "cli_memory_mib_int_v2": round(cli_int["replay_kib"] / 1024, 1),
+            "cli_memory_mib_string_v2": round(cli_str["replay_kib"] / 1024, 1),
         }
         ratios: dict[str, float] = {
             "verification_share_of_replay": (on["seconds"] - off["seconds"]) / on["seconds"],
@@ -466,6 +471,8 @@ def format_figures(args: argparse.Namespace) -> None:
             # that imports no torch, as the console script (tools/replay_child.py).
             "string_vs_int_replay_memory_v2": str2["replay_kib"] / on["replay_kib"],
             "string_vs_int_rss_v2_whole_process": str2["rss_kib"] / on["rss_kib"],
+            # The same for one `aum-replay compute --values-only` (aum_values.csv written).
+            "string_vs_int_cli_memory_v2": cli_str["replay_kib"] / cli_int["replay_kib"],
         }
         for classes in (100, 1000):
             rows = max(1024, n * 100 // classes)  # about the same bytes of logits
