@@ -12,21 +12,26 @@ import resource
 from pathlib import Path
 
 
+def _status_mib(field: str) -> float | None:
+    """A ``/proc/self/status`` figure (``VmHWM``, ``VmRSS``) in MiB; None off Linux."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process since it started its program, in MiB."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on BSD
+    peak = _status_mib("VmHWM")
+    if peak is None:  # not Linux: ru_maxrss, KiB on BSD
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak
 
 
 def rss_mib() -> float:
-    """Resident set size of this process now, in MiB (Linux; else the peak)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024  # kB
-    return peak_rss_mib()
+    """Resident set size of this process now, in MiB (Linux; elsewhere the peak)."""
+    now = _status_mib("VmRSS")
+    return peak_rss_mib() if now is None else now
