@@ -39,8 +39,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def threads_left() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("aum-replay")]
+@pytest.fixture
+def threads_left() -> Any:
+    """Threads started since the test began that are still alive (by name)."""
+    before = set(threading.enumerate())
+    return lambda: [t.name for t in threading.enumerate() if t not in before]
 
 
 @pytest.fixture
@@ -62,6 +65,7 @@ def test_blocks_computed_before_the_scan_ends_give_the_same_files(
     monkeypatch: pytest.MonkeyPatch,
     workers: int,
     ahead: int,
+    threads_left: Any,
 ) -> None:
     computed = threading.Semaphore(0)
     real_read, real_scan = replay.read_segment, replay.scan_ids
@@ -93,7 +97,7 @@ def test_blocks_computed_before_the_scan_ends_give_the_same_files(
 
 
 def test_a_block_that_fails_while_the_scan_runs_stops_the_scan(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads_left: Any
 ) -> None:
     real_read = replay.read_segment
     stopped: list[bool] = []
@@ -116,7 +120,7 @@ def test_a_block_that_fails_while_the_scan_runs_stops_the_scan(
 
 
 def test_a_scan_that_fails_stops_the_blocks(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads_left: Any
 ) -> None:
     started = threading.Event()
     real_read = replay.read_segment
