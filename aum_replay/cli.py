@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from aum_replay._version import __version__
+from aum_replay.allocator import limit_arenas
 from aum_replay.epochs import parse_epochs
 from aum_replay.errors import AumReplayError
 
@@ -885,32 +886,9 @@ def _stage_progress(
             bar.stop()
 
 
-def limit_malloc_arenas(count: int = 1) -> bool:
-    """Give this process at most ``count`` glibc malloc arenas (``M_ARENA_MAX``); returns
-    whether that was set (False where malloc is not glibc's).
-
-    glibc gives each thread that allocates an arena of its own, and memory freed inside any
-    arena but the main one mostly stays resident. A replay's id scan and worker threads allocate
-    and free arrays for every epoch: with the default, a 2M-row string-id replay added ~263 MiB
-    to the process at its peak, with one arena ~145 MiB, and ran as fast (the large arrays are
-    few; Python objects do not come from malloc). Called by the console script before any
-    thread starts; a library call leaves the process's allocator as it is.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_arena_max = -8  # from glibc's malloc.h
-    return bool(mallopt(m_arena_max, count))
-
-
 def main() -> None:
     """Entry point of the ``aum-replay`` console script."""
-    limit_malloc_arenas()
+    limit_arenas()  # one malloc arena, before any thread starts (see aum_replay.allocator)
     app(prog_name="aum-replay")
 
 

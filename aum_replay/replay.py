@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from aum_replay.allocator import release_free_memory
 from aum_replay.csvout import (
     FULL_COLUMNS,
     FULL_NAME,
@@ -336,11 +337,11 @@ def id_scan(run: Run, client: Any = None) -> IdScan:
 
 
 #: Bytes of segments (statistics and labels) that the replay computes ahead while the id scan
-#: runs beside it (:func:`scan_and_stream`): ~1M rows of a values-only replay. Measured at 2M
-#: rows of string ids, 16 MiB replayed as fast as 32 MiB and faster than holding none (only the
-#: workers' few blocks in flight: 0.80 against 0.68 s in one noisy run); beyond it the workers
-#: wait for the scan.
-AHEAD_BYTES = 16 << 20
+#: runs beside it (:func:`scan_and_stream`): ~0.5M rows of a values-only replay; beyond it the
+#: workers wait for the scan. Measured at 2M rows of string ids (one noisy machine): 32 and 16
+#: MiB replayed alike and faster than holding none (0.68 against 0.80 s); 8 MiB as fast again,
+#: and it adds ~10 MiB less to the replay's peak.
+AHEAD_BYTES = 8 << 20
 
 
 def scan_and_stream(
@@ -371,6 +372,7 @@ def scan_and_stream(
     try:
         first = next(segments, None)  # starts the workers; here once the scan is done
         scan = later.result()
+        release_free_memory()  # what the scan freed: the fold and the output do not add to it
     except BaseException:
         stop.set()  # the scan stops before its next shard
         segments.close()

@@ -406,7 +406,6 @@ def scan_epochs(
     """
     # The distinct ids so far, as key_words rows (their keys are a view of them: _as_keys).
     words = np.zeros((0, 1), dtype=np.uint64)
-    hashes = np.zeros(0, dtype=np.uint64)
     counts = np.zeros(0, dtype=np.int64)  # per distinct id so far: epochs it appears in
     index: HashIndex | None = None
     ordered = True  # the ids are sorted (as sort_order sorts)
@@ -436,16 +435,20 @@ def scan_epochs(
                 del inverse, picks
                 if not len(words):  # the first ids: no copy
                     words, hashes = added, added_hashes
-                else:
+                else:  # rare: the universe's hashes are not kept, but hashed again
                     width = max(words.shape[1], added.shape[1])
                     words = np.concatenate(
                         [id_keys.widen_words(words, width), id_keys.widen_words(added, width)]
                     )
-                    hashes = np.concatenate([hashes, added_hashes])
+                    keys = _as_keys(words, id_kind)
+                    hashes = (
+                        id_keys.hash_keys(keys) if id_kind == "int" else id_keys.hash_words(words)
+                    )
                 del fresh, added, added_hashes, epoch_words, h  # before the table is built
                 counts = np.concatenate([counts, np.zeros(len(words) - len(counts), np.int64)])
                 index = None  # the old table goes before the new one is built
                 index = HashIndex(_as_keys(words, id_kind), hashes, words)
+                del hashes
             if resolved is not None:
                 resolved[at : at + len(found)] = found
                 at += len(found)
