@@ -1220,8 +1220,8 @@ def utf8_keys(blob: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     lengths = np.diff(bounds)
     n = len(lengths)
     width = max(1, int(lengths.max(initial=0)))
-    if n and int(lengths.min()) == width:  # ids of one length (img_000123.jpg): a reshape
-        return blob[: n * width].reshape(n, width).copy().view(f"S{width}").reshape(n)
+    if n and int(lengths.min()) == width:  # ids of one length (img_000123.jpg): the blob,
+        return np.ascontiguousarray(blob[: n * width]).view(f"S{width}")  # viewed as keys
     keys = np.zeros((n, width), dtype=np.uint8)
     if len(blob):
         rows = np.repeat(np.arange(n), lengths)
@@ -1390,9 +1390,10 @@ class ShardReader:
         low = int(bounds[0])
         blob = np.empty(int(bounds[-1]) - low, dtype=np.uint8)
         self._read(ID_BYTES, low, low + len(blob), blob)
+        bounds -= low
         if self.verify:
-            self._verify_groups(ID_BYTES, start, stop, blob, bounds - low)
-        return blob, bounds - low
+            self._verify_groups(ID_BYTES, start, stop, blob, bounds)
+        return blob, bounds
 
     def read_block(
         self, start: int, stop: int, out: np.ndarray | None = None

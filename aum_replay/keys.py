@@ -28,7 +28,8 @@ __all__ = [
 _MULTIPLY = np.uint64(0xFF51AFD7ED558CCD)
 _SEED = np.uint64(0x9E3779B97F4A7C15)
 _SHIFT = np.uint64(33)
-_SLOT = np.dtype([("hash", "<u8"), ("index", "<i8")])
+_LOW = np.uint64(0xFFFFFFFF)  # a slot's index field; all ones: the slot is free
+_TAG = np.uint64(32)  # a slot's top 32 bits: the top 32 bits of its key's hash
 
 
 class Collision(Exception):
@@ -159,9 +160,10 @@ def _rows_differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class HashIndex:
     """Dense index of keys in ``universe``, an array of distinct keys (any order), by hash.
 
-    An open-addressing table of at least twice as many slots as keys, filled and probed
-    (linear probing) for all keys of a block at once: a lookup is one or two gathers a key,
-    then one gather of the universe's words (:func:`key_words`) to check the key itself.
+    An open-addressing table of at least twice as many 8-byte slots as keys (a 32-bit tag of
+    the hash and the index), filled and probed (linear probing) for all keys of a block at
+    once: a lookup is one or two gathers a key, then one gather of the universe's words
+    (:func:`key_words`) to check the key itself.
     Raises :class:`Collision` on construction when two universe keys share a hash.
     ``hashes`` and ``words``: the universe's, when the caller has them.
     """
@@ -197,12 +199,12 @@ class HashIndex:
         place += step
         del step
         size = max(1 << bits, int(place[-1]) + 2 if n else 0)
-        # A slot holds a key's hash and index side by side: a probe is one gather, one cache
-        # line, where two arrays would cost two misses a key in a table larger than the caches.
-        self._table = np.zeros(size, dtype=_SLOT)
-        self._table["index"] = -1
-        self._table["index"][place] = order
-        self._table["hash"][place] = h[order]
+        # A slot is one uint64: the top 32 bits of its key's hash (a tag) and the key's index, so
+        # a probe is one 8-byte gather. Keys with one tag are told apart by their words.
+        if n >= int(_LOW):
+            raise ValueError(f"{n} keys: a hash index holds fewer than 2**32 - 1")
+        self._table = np.full(size, _LOW, dtype=np.uint64)
+        self._table[place] = ((h[order] >> _TAG) << _TAG) | order.astype(np.uint64)
 
     def _slots(self, h: np.ndarray) -> np.ndarray:
         # Fibonacci hashing: the top bits of h times an odd constant. String hashes are mixed
@@ -237,36 +239,43 @@ class HashIndex:
             return index
         if not len(words):
             return np.zeros(0, dtype=np.int64)
-        h = hashes
-        slot = self._slots(h)
-        entries = self._table[slot]
-        index = np.ascontiguousarray(entries["index"])
-        # Keys whose home slot holds another key (~1 in 4 at the table's load) probe on; an
-        # empty home slot: not in the universe.
-        todo = np.flatnonzero((entries["hash"] != h) & (index >= 0))
-        if len(todo):
-            index[todo] = self._probe(slot[todo], h[todo])
-        hit = index >= 0
-        if hit.all():
-            wrong = _rows_differ(np.take(self._words, index, axis=0), words)
-        else:
-            wrong = np.zeros(len(words), dtype=bool)
-            wrong[hit] = _rows_differ(np.take(self._words, index[hit], axis=0), words[hit])
-        index[wrong] = -1  # another key with the same hash: not this one
+        tags = hashes >> _TAG
+        index, at = self._probe(self._slots(hashes), tags)
+        # Each key's first slot with its tag holds it, unless another key has the same tag
+        # (~n / 2**32 of lookups): its words tell, and a key that is not this one probes on.
+        check = np.flatnonzero(index >= 0)
+        every = len(check) == len(words)
+        wrong = _rows_differ(
+            np.take(self._words, index if every else index[check], axis=0),
+            words if every else words[check],
+        )
+        while wrong.any():
+            redo = check[wrong]
+            index[redo], at[redo] = self._probe(at[redo] + 1, tags[redo])
+            check = redo[index[redo] >= 0]
+            wrong = _rows_differ(np.take(self._words, index[check], axis=0), words[check])
         return index
 
-    def _probe(self, slot: np.ndarray, h: np.ndarray) -> np.ndarray:
-        """Linear probing from ``slot`` on, a slot at a time: the index of each hash, or -1."""
-        index = np.full(len(h), -1, dtype=np.int64)
-        todo = np.arange(len(h))
+    def _probe(self, slot: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Linear probing from ``slot`` on: each key's first taken slot with its tag, as the
+        index there (-1: a free slot came first, the key is not in the universe) and the slot.
+
+        The first gather is of every key's home slot; the few whose home another key took
+        (~1 in 4 at the table's load) go on a slot at a time. The table ends with a free slot:
+        no wrapping.
+        """
+        index = np.full(len(tags), -1, dtype=np.int64)
+        at = slot.copy()
+        todo = np.arange(len(tags))
         while len(todo):
-            slot[todo] += 1  # the table ends with a free slot: no wrapping
-            entries = self._table[slot[todo]]
-            taken = entries["index"] >= 0  # an empty slot before the key: not in the universe
-            hit = taken & (entries["hash"] == h[todo])
-            index[todo[hit]] = entries["index"][hit]
+            entries = self._table[at[todo]]
+            found = (entries & _LOW).astype(np.int64)
+            taken = found != int(_LOW)
+            hit = taken & ((entries >> _TAG) == tags[todo])
+            index[todo[hit]] = found[hit]
             todo = todo[taken & ~hit]
-        return index
+            at[todo] += 1
+        return index, at
 
     def __call__(self, keys: np.ndarray) -> np.ndarray | None:
         """The index of each key (B,) ``int64``, or ``None`` if some key is not in the universe."""

@@ -171,3 +171,25 @@ def test_the_index_finds_keys_stored_narrower_or_wider_than_its_universe() -> No
     wide = np.array([b"a", b"klmnopqrstuvwxyz0-longer-than-any"])  # S33: five words
     assert index.find(wide).tolist() == [0, -1]
     assert index.find(np.array([b"b"])).tolist() == [-1]
+
+
+def test_keys_whose_hashes_share_a_slot_tag_are_told_apart_by_their_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot keeps the top 32 bits of its key's hash: with every tag equal (the hashes' low
+    bits kept only), lookups go by the words, and a replay is the same."""
+    real = keys.hash_words
+    low = np.uint64(0xFFFFFFFF)
+    run = record(tmp_path / "run")
+    compute(run, tmp_path / "tagged")
+    monkeypatch.setattr(keys, "hash_words", lambda w: real(w) & low)
+    universe = np.array([f"k{i}".encode() for i in range(300)])
+    index = HashIndex(universe)
+    order = np.random.default_rng(3).permutation(300)
+    assert index.find(universe[order]).tolist() == order.tolist()
+    assert index.find(np.array([b"k300", b"k-1", b"k1"])).tolist() == [-1, -1, 1]
+    compute(run, tmp_path / "one-tag")
+    for name in (VALUES_NAME, FULL_NAME):
+        assert (tmp_path / "tagged" / name).read_bytes() == (
+            tmp_path / "one-tag" / name
+        ).read_bytes()
