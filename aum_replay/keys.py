@@ -70,12 +70,13 @@ def hash_words(words: np.ndarray) -> np.ndarray:
     return h
 
 
-def hash_keys(keys: np.ndarray) -> np.ndarray:
+def hash_keys(keys: np.ndarray, words: np.ndarray | None = None) -> np.ndarray:
     """A ``uint64`` hash of each key of an ``S`` array, independent of the array's width
-    (:func:`hash_words`); an ``int64`` array is its own hash."""
+    (:func:`hash_words`; ``words``: the keys' :func:`key_words`, when the caller has them); an
+    ``int64`` array is its own hash."""
     if keys.dtype.kind == "i":  # int64 ids are their own hash: distinct ids, distinct hashes
         return keys.astype(np.int64, copy=False).view(np.uint64)
-    return hash_words(key_words(keys))
+    return hash_words(key_words(keys) if words is None else words)
 
 
 def sort_order(keys: np.ndarray, words: np.ndarray | None = None) -> np.ndarray:
@@ -177,7 +178,7 @@ class HashIndex:
         self.universe = universe
         n = len(universe)
         self._words = key_words(universe) if words is None else words
-        h = hash_keys(universe) if hashes is None else hashes
+        h = hash_keys(universe, self._words) if hashes is None else hashes
         if n > 1 and not (h[1:] > h[:-1]).all():  # hashes that come sorted need no sort
             ordered = np.sort(h)
             collide = bool((ordered[1:] == ordered[:-1]).any())
@@ -218,9 +219,7 @@ class HashIndex:
     def find(self, keys: np.ndarray, hashes: np.ndarray | None = None) -> np.ndarray:
         """The index of each key (B,) ``int64``, -1 for a key not in the universe."""
         words = key_words(keys)
-        if hashes is None:  # int ids are their own hash (hash_keys); UTF-8 keys hash their words
-            hashes = hash_keys(keys) if keys.dtype.kind == "i" else hash_words(words)
-        return self.find_words(words, hashes)
+        return self.find_words(words, hash_keys(keys, words) if hashes is None else hashes)
 
     def find_words(self, words: np.ndarray, hashes: np.ndarray) -> np.ndarray:
         """:meth:`find` of keys given as their :func:`key_words` and hashes."""

@@ -433,16 +433,13 @@ def scan_epochs(
                 else:
                     found[new] = inverse
                 del inverse, picks
-                if not len(words):  # the first ids: no copy
+                hashes = None  # the universe's hashes are not kept: HashIndex hashes again
+                if not len(words):  # the first ids: no copy, their hashes at hand
                     words, hashes = added, added_hashes
-                else:  # rare: the universe's hashes are not kept, but hashed again
+                else:
                     width = max(words.shape[1], added.shape[1])
                     words = np.concatenate(
                         [id_keys.widen_words(words, width), id_keys.widen_words(added, width)]
-                    )
-                    keys = _as_keys(words, id_kind)
-                    hashes = (
-                        id_keys.hash_keys(keys) if id_kind == "int" else id_keys.hash_words(words)
                     )
                 del fresh, added, added_hashes, epoch_words, h  # before the table is built
                 counts = np.concatenate([counts, np.zeros(len(words) - len(counts), np.int64)])
@@ -496,8 +493,7 @@ def _hashed_ahead(
         parts, rows = item
         keys = parts[0] if len(parts) == 1 else np.concatenate(parts)
         words = id_keys.key_words(keys)
-        # Looked up at call time: tests force collisions. Int ids are their own hash.
-        hashes = id_keys.hash_keys(keys) if id_kind == "int" else id_keys.hash_words(words)
+        hashes = id_keys.hash_keys(keys, words)  # looked up at call time: tests force collisions
         parts.clear()  # the source's list too: the keys go now, unless words is a view of them
         return words, hashes, rows
 
