@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
+from shards import ddp_run as record
+from shards import same_files
 from typer.testing import CliRunner
 
-from aum_replay import AumReplayError, FormatError, LogitLogger, compute, dynamics
+from aum_replay import AumReplayError, FormatError, compute, dynamics
 from aum_replay import distributed as dist
 from aum_replay.cli import app
 from aum_replay.csvout import FULL_NAME, VALUES_NAME
@@ -45,46 +45,6 @@ def client() -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def small_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dist, "TASK_BYTES", 3000)  # ~100 rows of 7 float32 logits a task
-
-
-def record(
-    run_dir: Path,
-    *,
-    ids: list[Any],
-    epochs: int = 4,
-    world_size: int = 2,
-    pad: int = 3,
-    classes: int = 7,
-    seed: int = 0,
-) -> Path:
-    """A run like DDP writes it: each epoch a permutation padded with ``pad`` repeated ids,
-    split over ``world_size`` ranks; integer-valued logits (ties) with noise."""
-    rng = np.random.default_rng(seed)
-    labels = {i: int(rng.integers(0, classes)) for i in ids}
-    plans = []
-    for _ in range(epochs):
-        order = list(rng.permutation(len(ids)))
-        order += order[:pad]
-        plans.append([[ids[k] for k in order[r::world_size]] for r in range(world_size)])
-    for rank in range(world_size):
-        with LogitLogger(run_dir, rank=rank, world_size=world_size) as logger:
-            for epoch, parts in enumerate(plans):
-                part = parts[rank]
-                for lo in range(0, len(part), 64):
-                    batch = part[lo : lo + 64]
-                    logits = rng.integers(-2, 3, size=(len(batch), classes)).astype(np.float32)
-                    logits += rng.normal(scale=0.3, size=logits.shape).astype(np.float32) * (
-                        rng.random(logits.shape) < 0.5
-                    )
-                    targets = [labels[i] for i in batch]
-                    logger.log(torch.from_numpy(logits), targets, batch, epoch=epoch)
-                logger.end_epoch()
-    return run_dir
-
-
-def same_files(a: Path, b: Path, names: tuple[str, ...]) -> None:
-    for name in names:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("duplicates", ["first", "all"])

@@ -8,6 +8,7 @@ file between two reads.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -17,12 +18,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
+from shards import ddp_run, same_files
 from typer.testing import CliRunner
 
-from aum_replay import FormatError, InputError, LogitLogger, compute, dynamics, flag, plot
+from aum_replay import FormatError, InputError, compute, dynamics, flag, plot
 from aum_replay.cli import app
 from aum_replay.csvout import FULL_NAME, VALUES_NAME
 from aum_replay.dynamics import DYNAMICS_NAME
@@ -36,38 +36,8 @@ runner = CliRunner()
 DATA = Path(__file__).parent / "data"
 
 
-def record(
-    run_dir: Path,
-    *,
-    ids: list[Any],
-    epochs: int = 3,
-    world_size: int = 2,
-    classes: int = 5,
-    storage: str = "auto",
-    seed: int = 0,
-) -> Path:
-    """A DDP-like run: each epoch a permutation of ``ids`` padded by 2 repeats, over ranks."""
-    rng = np.random.default_rng(seed)
-    labels = {i: int(rng.integers(0, classes)) for i in ids}
-    plans = []
-    for _ in range(epochs):
-        order = [*rng.permutation(len(ids)).tolist()]
-        order += order[:2]
-        plans.append([[ids[k] for k in order[r::world_size]] for r in range(world_size)])
-    for rank in range(world_size):
-        with LogitLogger(run_dir, rank=rank, world_size=world_size, storage=storage) as logger:  # type: ignore[arg-type]
-            for epoch, parts in enumerate(plans):
-                batch = parts[rank]
-                logits = rng.integers(-2, 3, size=(len(batch), classes)).astype(np.float32)
-                logits += rng.normal(scale=0.5, size=logits.shape).astype(np.float32)
-                logger.log(torch.from_numpy(logits), [labels[i] for i in batch], batch, epoch=epoch)
-                logger.end_epoch()
-    return run_dir
-
-
-def same_files(a: Path, b: Path, names: tuple[str, ...]) -> None:
-    for name in names:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+#: This module's runs: 3 epochs, 2 repeated ids an epoch, 5 classes.
+record = functools.partial(ddp_run, epochs=3, pad=2, classes=5)
 
 
 def stats(url: str) -> dict[str, int]:
