@@ -31,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from aum_replay._version import __version__
-from aum_replay.allocator import limit_arenas
+from aum_replay.allocator import tune_allocator
 from aum_replay.epochs import parse_epochs
 from aum_replay.errors import AumReplayError
 
@@ -888,7 +888,7 @@ def _stage_progress(
 
 def main() -> None:
     """Entry point of the ``aum-replay`` console script."""
-    limit_arenas()  # one malloc arena, before any thread starts (see aum_replay.allocator)
+    tune_allocator()  # one malloc arena, fixed thresholds, before any thread starts
     app(prog_name="aum-replay")
 
 

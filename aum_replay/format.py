@@ -18,10 +18,10 @@ for the string-id blob, the bytes of R ids:
 
 The HDF5 attributes are only ``format`` and ``format_version`` (fixed-size: no variable-length
 string anywhere). Everything else - epoch, rank, run id, classes, dtypes, metadata, threshold
-samples, chunk offsets, and a CRC32C of each group of ``group_rows`` rows of every dataset - is
-one checksummed manifest appended after the HDF5 file (:mod:`aum_replay.manifest`). The reader
-validates a shard from that record alone and reads rows with ``preadv`` at the offsets it gives,
-verifying every group it returns; HDF5 reads only compressed datasets.
+samples, chunk offsets, and a checksum (XXH3-64) of each group of ``group_rows`` rows of every
+dataset - is one checksummed manifest appended after the HDF5 file (:mod:`aum_replay.manifest`).
+The reader validates a shard from that record alone and reads rows with ``preadv`` at the offsets
+it gives, verifying every group it returns; HDF5 reads only compressed datasets.
 
 **Format v1** (read forever, written with ``format_version=1``): ``logits``, ``targets`` and
 ``sample_ids`` (``int64`` or variable-length UTF-8 strings), described by the HDF5 attributes
@@ -283,8 +283,10 @@ class ShardInfo:
     group_rows: int = 0
     """Rows per checksummed group (v2); 0 for v1, which has no checksums."""
     checksums: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-    """CRC32C of each group of ``group_rows`` rows of each dataset (v2; for the id blob, of the
-    bytes of that group's ids)."""
+    """The checksum (``checksum``) of each group of ``group_rows`` rows of each dataset (v2; for
+    the id blob, of the bytes of that group's ids)."""
+    checksum: str = "crc32c"
+    """The groups' checksum algorithm (:data:`~aum_replay.manifest.GROUP_SUMS`; v2)."""
     dtypes: dict[str, np.dtype[Any]] = field(default_factory=dict, repr=False, compare=False)
     """Disk dtype of each dataset of a v2 shard."""
     sizes: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
@@ -432,12 +434,13 @@ def _size(n: float) -> str:
 
 
 class _GroupSums:
-    """Running CRC32C of each group of ``group_rows`` rows of one dataset, fed as rows arrive."""
+    """Running checksum (:data:`~aum_replay.manifest.GROUP_SUM`) of each group of
+    ``group_rows`` rows of one dataset, fed as rows arrive."""
 
     def __init__(self, group_rows: int) -> None:
         self.group_rows = group_rows
         self.sums: list[int] = []
-        self._value = 0
+        self._running = manifest.RunningSum()
         self._rows = 0  # rows in the open group
 
     def feed(self, data: Any, bounds: np.ndarray | None, rows: int, row_bytes: int = 0) -> None:
@@ -451,17 +454,19 @@ class _GroupSums:
                 lo, hi = done * row_bytes, (done + take) * row_bytes
             else:
                 lo, hi = int(bounds[done]), int(bounds[done + take])
-            self._value = manifest.checksum(view[lo:hi], self._value)
+            self._running.update(view[lo:hi])
             self._rows += take
             done += take
             if self._rows == self.group_rows:
-                self.sums.append(self._value)
-                self._value = self._rows = 0
+                self._close_group()
+
+    def _close_group(self) -> None:
+        self.sums.append(self._running.digest())
+        self._running, self._rows = manifest.RunningSum(), 0
 
     def finish(self) -> list[int]:
         if self._rows:
-            self.sums.append(self._value)
-            self._value = self._rows = 0
+            self._close_group()
         return self.sums
 
 
@@ -562,6 +567,7 @@ class ShardWriter:
             "metadata": metadata or {},
             "threshold": threshold,
             "group_rows": chunk_rows,
+            "checksum": manifest.GROUP_SUM,
         }
         try:
             self._io: _ShardFile | None = _ShardFile(self.tmp_path)
@@ -979,6 +985,9 @@ def _validate_v2(
         raise FormatError(f"{path}: unknown id kind {id_kind!r}")
     if storage not in STORAGE_KINDS:
         raise FormatError(f"{path}: unknown storage {storage!r}; upgrade aum-replay?")
+    algorithm = record.get("checksum", "crc32c")  # shards written before XXH3 name none
+    if algorithm not in manifest.GROUP_SUMS:
+        raise FormatError(f"{path}: unknown checksum {algorithm!r}; upgrade aum-replay?")
     num_rows, num_classes, group = ints["num_rows"], ints["num_classes"], ints["group_rows"]
     if num_rows < 0 or num_classes < 2 or group < 1:
         raise FormatError(f"{path}: impossible rows, classes or group size in the manifest")
@@ -1044,6 +1053,7 @@ def _validate_v2(
         storage=storage,
         group_rows=group,
         checksums=checksums,
+        checksum=algorithm,
         dtypes=dtypes,
         sizes=sizes,
     )
@@ -1249,7 +1259,7 @@ class ShardReader:
     validation. Datasets with a :class:`ChunkMap` are read with ``os.preadv`` alone; HDF5 opens
     the file only for the others (compressed chunks, v1 string ids).
 
-    Every row a v2 reader returns has been checked against its group's CRC32C (``verify``,
+    Every row a v2 reader returns has been checked against its group's checksum (``verify``,
     default :data:`VERIFY`): a read that touches part of a group reads the rest of it too.
 
     Use as a context manager. Every failure is re-raised as :class:`FormatError` naming the file,
@@ -1492,7 +1502,8 @@ class ShardReader:
     def _verify_groups(
         self, name: str, start: int, stop: int, data: np.ndarray, bounds: np.ndarray | None
     ) -> None:
-        """Check the rows ``[start, stop)`` just read into ``data`` against their groups' CRCs.
+        """Check the rows ``[start, stop)`` just read into ``data`` against their groups'
+        checksums.
 
         ``bounds`` (``stop - start + 1`` byte offsets into ``data``) for the id blob; ``None``
         for a dataset of fixed-size rows. A group only partly read is read whole, separately.
@@ -1500,6 +1511,7 @@ class ShardReader:
         if stop <= start:
             return
         group, sums = self.info.group_rows, self.info.checksums[name]
+        algorithm = self.info.checksum
         view = memoryview(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         row_bytes = data.nbytes // (stop - start) if bounds is None else 0
         for g in range(start // group, -(-stop // group)):
@@ -1509,17 +1521,18 @@ class ShardReader:
                     part = view[(lo - start) * row_bytes : (hi - start) * row_bytes]
                 else:
                     part = view[int(bounds[lo - start]) : int(bounds[hi - start])]
-                crc = manifest.checksum(part)
+                crc = manifest.group_sum(part, algorithm)
             elif bounds is None:
                 whole = np.empty((hi - lo, *data.shape[1:]), dtype=data.dtype)
-                crc = manifest.checksum(self._read(name, lo, hi, whole).reshape(-1).view(np.uint8))
+                read = self._read(name, lo, hi, whole).reshape(-1).view(np.uint8)
+                crc = manifest.group_sum(read, algorithm)
             else:
                 saved, self.verify = self.verify, False  # the group's own bytes, unchecked
                 try:
                     blob, _ = self._id_bytes(lo, hi)
                 finally:
                     self.verify = saved
-                crc = manifest.checksum(blob)
+                crc = manifest.group_sum(blob, algorithm)
             if crc != int(sums[g]):
                 raise FormatError(
                     f"{self.path}: checksum mismatch in {name} rows {lo}:{hi}; the shard is corrupt"

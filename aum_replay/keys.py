@@ -263,9 +263,15 @@ class HashIndex:
         (~1 in 4 at the table's load) go on a slot at a time. The table ends with a free slot:
         no wrapping.
         """
-        index = np.full(len(tags), -1, dtype=np.int64)
+        entries = self._table[slot]  # every key's home slot: no indirection for this one
+        found = (entries & _LOW).astype(np.int64)
+        taken = found != int(_LOW)
+        hit = (entries >> _TAG) == tags
+        hit &= taken
+        index = np.where(hit, found, -1)
         at = slot.copy()
-        todo = np.arange(len(tags))
+        todo = np.flatnonzero(taken & ~hit)  # another key's slot: probe on
+        at[todo] += 1
         while len(todo):
             entries = self._table[at[todo]]
             found = (entries & _LOW).astype(np.int64)

@@ -26,7 +26,7 @@ from aum_replay import FormatError, InputError, LogitLogger, manifest
 from aum_replay.cli import app
 from aum_replay.csvout import FULL_NAME, VALUES_NAME
 from aum_replay.dynamics import dynamics
-from aum_replay.format import ShardReader, list_shards, read_info
+from aum_replay.format import ChunkMap, ShardReader, list_shards, read_info
 from aum_replay.run import open_run
 
 DATA = Path(__file__).parent / "data"
@@ -77,6 +77,11 @@ def test_the_v2_fixture_replays_to_the_reference_files(tmp_path: Path) -> None:
     ]
     assert {i.run_id for i in infos} == {"fixture-v2"} and {i.storage for i in infos} == {"logits"}
     assert infos[0].created_utc == "2025-01-01T00:00:00+00:00"
+    # Written before XXH3 was chosen: its groups hold CRC32C, named nowhere, checked all the same.
+    assert {i.checksum for i in infos} == {"crc32c"}
+    for info in infos:
+        with ShardReader(info.path, info=info) as reader:
+            assert reader.verify_all() > 0
     for duplicates in ("all", "first"):
         aum_replay.compute(run, tmp_path / duplicates, duplicates=duplicates)
         assert same_files(tmp_path / duplicates, DATA / "v1_expected" / duplicates)
@@ -210,6 +215,61 @@ def rewrite_manifest(path: Path, change: dict[str, object]) -> None:
     record, table, start = found
     data = path.read_bytes()[:start]
     path.write_bytes(data + manifest.pack({**record, **change}, table))
+
+
+def stored_rows(data: bytes, chunks: ChunkMap, lo: int, hi: int) -> bytes:
+    """The bytes of rows ``[lo, hi)`` of a dataset whose chunks lie at ``chunks.offsets``."""
+    parts = []
+    for row in range(lo, hi):
+        chunk, within = divmod(row, chunks.chunk_rows)
+        at = chunks.offsets[chunk] + within * chunks.row_bytes
+        parts.append(data[at : at + chunks.row_bytes])
+    return b"".join(parts)
+
+
+def test_groups_are_checked_with_the_algorithm_their_manifest_names(tmp_path: Path) -> None:
+    """New shards hold XXH3-64; a CRC32C shard (the fixture's kind, no algorithm named) is still
+    checked with CRC32C, so its flipped byte is caught; an unknown algorithm is refused."""
+    run = write_run(tmp_path / "run", epochs=1)
+    path = list_shards(run)[0][2]
+    info = read_info(path)
+    assert info.checksum == manifest.GROUP_SUM == "xxh3_64"
+    logits = info.raw["logits"]
+    first = stored_rows(path.read_bytes(), logits, 0, info.group_rows)
+    assert int(info.checksums["logits"][0]) == manifest.group_sum(first, "xxh3_64")
+    with ShardReader(path) as reader:
+        assert reader.verify_all() > 0
+
+    # The same shard as a CRC32C-era writer left it: CRC32C sums, no "checksum" in the manifest.
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        found = manifest.read(functools.partial(os.pread, f.fileno()), size)
+    assert isinstance(found, tuple)
+    record, table, start = found
+    table = table.copy()
+    data = path.read_bytes()
+    for name, entry in record["datasets"].items():  # int ids: every dataset's chunks are raw
+        chunks, (at, count) = info.raw[name], entry["checksums"]
+        for g in range(count):
+            lo, hi = g * info.group_rows, min((g + 1) * info.group_rows, info.num_rows)
+            table[at + g] = manifest.checksum(stored_rows(data, chunks, lo, hi))
+    old = {k: v for k, v in record.items() if k != "checksum"}
+    path.write_bytes(data[:start] + manifest.pack(old, table))
+    assert read_info(path).checksum == "crc32c"
+    out = tmp_path / "out"
+    aum_replay.compute(run, out)
+    clean = tmp_path / "clean"
+    aum_replay.compute(write_run(tmp_path / "again", epochs=1), clean)
+    assert same_files(out, clean)
+    damaged = bytearray(path.read_bytes())
+    damaged[logits.offsets[0] + 9] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(FormatError, match="checksum mismatch in logits rows 0:"):
+        aum_replay.compute(run, tmp_path / "bad")
+
+    rewrite_manifest(path, {"checksum": "blake3"})
+    with pytest.raises(FormatError, match="unknown checksum 'blake3'; upgrade aum-replay"):
+        read_info(path)
 
 
 def test_a_newer_manifest_version_is_refused_with_upgrade_advice(tmp_path: Path) -> None:

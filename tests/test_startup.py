@@ -98,17 +98,64 @@ def test_the_training_side_still_works_by_name() -> None:
 
 
 def test_the_console_script_keeps_one_malloc_arena(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before any thread starts (allocator.limit_arenas: memory freed in per-thread arenas stays
-    resident); the library leaves the allocator alone."""
+    """Before any thread starts (allocator.tune_allocator: memory freed in per-thread arenas
+    stays resident); the library leaves the allocator alone."""
     import platform
 
     from aum_replay import allocator, cli
 
     calls: list[object] = []
-    monkeypatch.setattr(cli, "limit_arenas", lambda: calls.append("arenas") or True)
+    monkeypatch.setattr(cli, "tune_allocator", lambda: calls.append("malloc") or True)
     monkeypatch.setattr(cli, "app", lambda prog_name: calls.append(prog_name))
     cli.main()
-    assert calls == ["arenas", "aum-replay"]
+    assert calls == ["malloc", "aum-replay"]
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert allocator.limit_arenas(16) is glibc  # 16: glibc's own default on 2 cores
     allocator.release_free_memory()  # a no-op for the answers, wherever it runs
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from aum_replay.allocator import tune_allocator
+tuned = sys.argv[1] == "1" and tune_allocator()
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def block():  # a block's temporaries, as a replay makes them: 2 MiB and 1 MiB, then freed
+    a = np.ones(1 << 18)
+    b = (a * 2).astype(np.float32)
+    return float(b[-1])
+
+block()
+before = faults()
+for _ in range(40):
+    block()
+print(int(tuned), faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_tuned_allocator_reuses_a_blocks_arrays() -> None:
+    """tune_allocator fixes glibc's thresholds: arrays freed block after block are reused from
+    the heap, not mapped and faulted in again (~768 pages a block with the defaults)."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+
+    def faults(tuned: bool) -> tuple[int, int]:
+        done = subprocess.run(
+            [sys.executable, "-c", _FAULTS, str(int(tuned))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        set_, count = done.stdout.split()
+        return int(set_), int(count)
+
+    assert faults(True)[0] == 1
+    tuned, default = faults(True)[1], faults(False)[1]
+    assert default > 40 * 100  # glibc's defaults: the pages of each block again
+    assert tuned < 40 * 4  # a few pages a block at most (Python's own objects)

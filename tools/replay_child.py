@@ -1,5 +1,6 @@
 """One replay in a fresh process, as the console script runs it: no torch (the CLI never imports
-it), one malloc arena (``allocator.limit_arenas``), the numpy kernels. Prints one JSON line:
+it), the console script's malloc settings (``allocator.tune_allocator``), the numpy kernels.
+Prints one JSON line:
 the timed call's seconds, its rows, the process's peak RSS after one replay and what that
 replay added to it.
 
@@ -7,9 +8,15 @@ replay added to it.
 ``cli``: the console script's ``compute RUN -o OUT --values-only --quiet`` once, as a user runs
 it (``aum_values.csv`` written, into a temporary directory).
 
+``pairs``: two library replays, A and B, alternated ``N`` times in this one process (after one
+warm-up of each); prints the median seconds of each and the median of the paired differences
+and ratios. On a shared machine whose load drifts between fresh processes, pairs taken moments
+apart are what tells a 5% cost from noise (verification on and off, summary against full).
+
 Usage (by ``bench_replay.py --format-v2``)::
 
     python tools/replay_child.py RUN_DIR VERIFY(0|1) [library|cli]
+    python tools/replay_child.py pairs N RUN_A VERIFY_A RUN_B VERIFY_B
 """
 
 from __future__ import annotations
@@ -23,10 +30,41 @@ from pathlib import Path
 from measure import peak_rss_mib, rss_mib
 
 
-def main(run_dir: str, verify: bool, mode: str) -> None:
-    from aum_replay.allocator import limit_arenas
+def pairs(count: int, a: tuple[str, bool], b: tuple[str, bool]) -> None:
+    """A and B alternated ``count`` times; one JSON line of medians (see the module docstring)."""
+    from statistics import median
 
-    limit_arenas()  # before polars' threads start, as in the console script
+    from aum_replay.allocator import tune_allocator
+
+    tune_allocator()
+    from aum_replay import compute, format, kernels
+
+    kernels.USE_LOADED_TORCH = False
+
+    def once(run_dir: str, verify: bool) -> float:
+        format.VERIFY = verify
+        started = time.perf_counter()
+        compute(run_dir, None, full=False)
+        return time.perf_counter() - started
+
+    once(*a), once(*b)  # warm-up: imports, page cache
+    times: list[tuple[float, float]] = []
+    for _ in range(count):
+        times.append((once(*a), once(*b)))
+    record = {
+        "seconds_a": median(t for t, _ in times),
+        "seconds_b": median(t for _, t in times),
+        "difference": median(t - u for t, u in times),  # a - b
+        "ratio": median(t / u for t, u in times),  # a / b
+        "pairs": count,
+    }
+    print(json.dumps(record))
+
+
+def main(run_dir: str, verify: bool, mode: str) -> None:
+    from aum_replay.allocator import tune_allocator
+
+    tune_allocator()  # before polars' threads start, as in the console script
     from aum_replay import compute, format, kernels
     from aum_replay.cli import app
 
@@ -65,4 +103,8 @@ def main(run_dir: str, verify: bool, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] == "1", sys.argv[3] if len(sys.argv) > 3 else "library")
+    if sys.argv[1] == "pairs":
+        first, second = (sys.argv[3], sys.argv[4] == "1"), (sys.argv[5], sys.argv[6] == "1")
+        pairs(int(sys.argv[2]), first, second)
+    else:
+        main(sys.argv[1], sys.argv[2] == "1", sys.argv[3] if len(sys.argv) > 3 else "library")
