@@ -280,7 +280,8 @@ def _compute(
         counts = folded.counts
         order = sort_values(keys, aum, ascending_ids=True)
         id_column = scan.id_column()
-        ids = id_column.gather(order)
+        # int ids gathered by numpy: polars' gather of 40k ints costs ~0.1 ms more than this
+        ids = id_column.gather(order) if scan.keys is not None else scan.universe[order]
         table = pl.DataFrame(
             {
                 "sample_id": ids,
