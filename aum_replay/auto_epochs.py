@@ -10,11 +10,21 @@ point from the run itself:
 1. per epoch, the median margin of the threshold samples (robust to the few that are fitted
    early);
 2. smoothed with a centred 3-epoch moving average (one noisy epoch is not a turn);
-3. the memorisation point is the epoch of the smoothed minimum, if the median climbs back from
-   it at least half way to zero later (half of the threshold samples are on their way to being
-   fitted): the counted epochs end there (inclusive). A smaller rise is the slow drift of a
-   network that is not memorising (measured: +0.3 to +0.5 over 25 epochs on the benchmark's
-   standard recipe, against -2 to +2.5 on the memorising one), and every epoch counts.
+3. the memorisation point (``turn``) is the epoch of the smoothed minimum, if the median climbs
+   back from it at least half way to zero later (half of the threshold samples are on their way
+   to being fitted). A smaller rise is the slow drift of a network that is not memorising
+   (measured: +0.3 to +0.5 over 25 epochs on the benchmark's standard recipe, against -2 to
+   +2.5 on the memorising one), and every epoch counts;
+4. where memorisation is declared, the counted epochs end (inclusive) at ``stop``:
+   ``"turn"`` (:func:`choose_epochs`' default, the rule before): at the minimum itself;
+   ``"climb"`` (what ``flag --epochs auto`` uses): at the first epoch from the minimum on where
+   the smoothed median has risen above it by more than the trajectory's own epoch-to-epoch
+   noise (the standard deviation of the unsmoothed median's changes from one epoch to the
+   next), and at the latest where it is back half way to zero. The minimum of a flat, noisy
+   bottom is where the noise put it, often an epoch or two into training; the clean samples'
+   margins are still separating from the mislabeled ones' until the climb is real (memorising
+   recipe: the minimum at epochs 1-2, the climb measurable at epochs 4-8, and F1 best with 5-8
+   counted epochs).
 
 Every epoch from the first one counts up to that point, as the paper counts from the start.
 
@@ -72,7 +82,9 @@ def epochs_spec(epochs: Sequence[int]) -> str:
     return ",".join(map(str, epochs))
 
 
-def choose_epochs(epochs: Sequence[int], threshold_margins: Any) -> AutoEpochs:
+def choose_epochs(
+    epochs: Sequence[int], threshold_margins: Any, *, stop: Literal["turn", "climb"] = "turn"
+) -> AutoEpochs:
     """The counted epochs from the threshold samples' margins per epoch.
 
     Parameters
@@ -82,11 +94,17 @@ def choose_epochs(epochs: Sequence[int], threshold_margins: Any) -> AutoEpochs:
     threshold_margins
         Shape (E, m): margin of each threshold sample in each epoch (NaN where a sample was not
         measured; an epoch with no finite value is skipped for the decision).
+    stop
+        Where the counted epochs end when memorisation is declared: ``"turn"``, at the smoothed
+        minimum; ``"climb"`` (``flag``'s), where the climb from it first exceeds the
+        trajectory's epoch-to-epoch noise (module docstring).
 
     Returns
     -------
     AutoEpochs
     """
+    if stop not in ("turn", "climb"):
+        raise InputError(f"stop must be 'turn' or 'climb', not {stop!r}")
     epochs = [int(e) for e in epochs]
     values = np.asarray(threshold_margins, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] != len(epochs):
@@ -113,7 +131,12 @@ def choose_epochs(epochs: Sequence[int], threshold_margins: Any) -> AutoEpochs:
     if bottom >= 0.0 or low == len(smooth) - 1 or smooth[low:].max() < bottom / 2.0:
         return AutoEpochs(list(epochs), None, median.tolist())
     turn = epochs[int(usable[low])]
-    return AutoEpochs([e for e in epochs if e <= turn], turn, median.tolist())
+    end = turn
+    if stop == "climb":
+        noise = float(np.std(np.diff(curve)))
+        target = min(bottom + noise, bottom / 2.0)  # reached: the half-way climb was seen
+        end = epochs[int(usable[low + int(np.argmax(smooth[low:] >= target))])]
+    return AutoEpochs([e for e in epochs if e <= end], turn, median.tolist())
 
 
 def epoch_margins(

@@ -6,9 +6,10 @@ the runs with the rule of :mod:`aum_replay.threshold`. The rules (``rule=``):
 
 ``"f1"`` (default)
     A two-component mixture of the scored AUMs (with a uniform background component for the
-    tails), started at the threshold samples, cut where the expected F1 is largest but never
-    above the paper rule's alpha on the same epochs
-    (:func:`aum_replay.rules.capped_mixture_cut`), with ``epochs="auto"``;
+    tails), started at the threshold samples, fitted to all runs at once (shared weights; the
+    mislabeled component's spread pooled with the threshold samples' when wider), cut per run
+    where the expected F1 is largest but never above the paper rule's alpha on the same epochs
+    (:func:`aum_replay.rules.joint_mixture_cuts`), with ``epochs="auto"``;
     README "How flag chooses the cut-off" has the evidence.
 ``"paper"``
     SPEC section 5 exactly: alpha = the ``percentile`` (99) of the threshold AUMs, all epochs
@@ -49,7 +50,7 @@ from aum_replay.errors import InputError
 from aum_replay.location import URL, Location, RunDirLike
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import ComputeResult, compute
-from aum_replay.rules import capped_mixture_cut, replication_alpha
+from aum_replay.rules import CappedCut, joint_mixture_cuts, replication_alpha
 from aum_replay.run import open_run
 from aum_replay.threshold import combine_flags, flag_run, fraction_alpha, threshold_alpha
 
@@ -351,9 +352,23 @@ def flag(
         aum[r, index] = result.aum["aum"].to_numpy()
         present[r, index] = True
         labels[r, index] = result.aum["target"].to_numpy()
+        if result.threshold:
+            is_thr[r] = _threshold_mask(universe, result.threshold, id_kind, result.run_dir)
+            is_thr[r] &= present[r]
+    joint: list[CappedCut] = []
+    if alpha is None and fraction is None and rule == "f1":
+        for r, result in enumerate(results):  # the fit's own errors, named by run
+            for what, mask in (("scored", present[r] & ~is_thr[r]), ("threshold", is_thr[r])):
+                if not np.isfinite(aum[r, mask]).any():
+                    raise InputError(f"{result.run_dir}: no {what} sample has a finite AUM")
+        # one fit for all runs: they share the mixture's weights (README: why)
+        joint = joint_mixture_cuts(
+            [aum[r, present[r] & ~is_thr[r]] for r in range(num_runs)],
+            [aum[r, is_thr[r]] for r in range(num_runs)],
+            percentile=percentile,
+        )
+    for r, result in enumerate(results):
         meta = result.threshold
-        if meta:
-            is_thr[r] = _threshold_mask(universe, meta, id_kind, result.run_dir) & present[r]
         scored = present[r] & ~is_thr[r]
         source: AlphaSource
         used: str | None = None
@@ -372,9 +387,7 @@ def flag(
                     cut = replication_alpha(aum[r, is_thr[r]])
                 else:
                     # capped at the paper rule's cut on the same epochs (README: why)
-                    cut, noise, expected, capped = capped_mixture_cut(
-                        aum[r, scored], aum[r, is_thr[r]], percentile=percentile
-                    )
+                    cut, noise, expected, capped = joint[r]
             except InputError as exc:
                 raise InputError(f"{result.run_dir}: {exc}") from None
         flags[r] = flag_run(aum[r], is_thr[r], cut) & present[r]
@@ -513,7 +526,7 @@ def _auto_epochs(
         run, duplicates=duplicates, device=device, threads=threads, workers=workers, client=client
     )
     mask = _threshold_mask(ids, run.threshold, run.id_kind, run.run_dir)
-    return choose_epochs(epochs, margins[:, mask])
+    return choose_epochs(epochs, margins[:, mask], stop="climb")
 
 
 def _warnings(num_flagged: int, num_scored: int, runs: list[RunFlags], rule: str) -> list[str]:

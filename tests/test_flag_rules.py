@@ -11,7 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from aum_replay import InputError, LogitLogger, flag
+from aum_replay.auto_epochs import choose_epochs
 from aum_replay.cli import app
+from aum_replay.rules import CappedCut, capped_mixture_cut, joint_mixture_cuts
 
 runner = CliRunner()
 N, C, EPOCHS, TURN = 240, 3, 12, 4
@@ -50,7 +52,10 @@ def test_default_is_rule_f1_with_auto_epochs(memorised: Path, tmp_path: Path) ->
     assert (
         run.rule == "f1" and run.auto is not None and 1 <= (run.auto.turn or 0) <= TURN
     )  # the plateau
-    assert run.epochs == list(range(run.auto.turn + 1)) and run.epochs_spec.startswith("0:")
+    # counted up to where the climb from the minimum is measurable: at the memorisation point
+    # (the last flat epoch) or one past it, as the 3-epoch smoothing lags a sharp climb
+    assert run.epochs == list(range(run.epochs[-1] + 1)) and run.epochs_spec.startswith("0:")
+    assert run.auto.turn <= run.epochs[-1] <= TURN + 1
     assert run.noise_estimate == pytest.approx(30 / 200, abs=0.02)
     assert 0.9 < (run.expected_f1 or 0) <= 1.0
     assert sorted(result.flagged_ids) == MISLABELED
@@ -146,3 +151,118 @@ def test_the_summary_says_when_the_cut_was_capped(memorised: Path, tmp_path: Pat
     )
     assert tight.exit_code == 0, tight.output
     assert "cut capped at the paper rule's (50th percentile)" in tight.stdout
+
+
+# --- the default rule's parts, on synthetic AUMs with a known answer (rules.joint_mixture_cuts,
+# auto_epochs.choose_epochs(stop="climb")): README "How flag chooses the cut-off"
+
+
+def f1_of(flagged: np.ndarray, truth: np.ndarray) -> float:
+    return float(2 * (flagged & truth).sum() / (flagged.sum() + truth.sum()))
+
+
+def bumps(seed: int, n: int = 1600, k: int = 320) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = np.arange(n) < k
+    aums = np.where(truth, rng.normal(-2.0, 0.6, n), rng.normal(1.5, 0.8, n))
+    return aums, truth, rng.normal(-2.5, 1.2, 160)
+
+
+def small_share(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """5% mislabeled (a broad bump), clean AUMs with a left tail, threshold AUMs narrower."""
+    rng = np.random.default_rng(seed)
+    n, k = 1700, 85
+    truth = np.arange(n) < k
+    clean = np.where(rng.random(n) < 0.9, rng.normal(2.2, 0.8, n), 2.2 - rng.gamma(1.5, 1.0, n))
+    aums = np.where(truth, rng.normal(-3.7, 1.4, n), clean)
+    return aums, truth, rng.normal(-1.9, 0.9, 160)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_joint_fit_of_one_run_without_pooling_is_the_rule_before(seed: int) -> None:
+    aums, _, threshold = bumps(seed)
+    assert joint_mixture_cuts([aums], [threshold], pool_spread=False) == [
+        capped_mixture_cut(aums, threshold)
+    ]
+    heavy, _, thr = small_share(seed)
+    assert joint_mixture_cuts([heavy], [thr], pool_spread=False) == [capped_mixture_cut(heavy, thr)]
+
+
+def test_joint_fit_shares_the_weights_and_nothing_else() -> None:
+    aums, _, threshold = bumps(3)
+    other, _, thr2 = bumps(4)
+    single = joint_mixture_cuts([aums], [threshold])[0]
+    # two copies of one run: the shared weights are that run's own
+    assert joint_mixture_cuts([aums, aums], [threshold, threshold]) == [single, single]
+    both = joint_mixture_cuts([aums, other], [threshold, thr2])
+    assert joint_mixture_cuts([other, aums], [thr2, threshold]) == both[::-1]  # run order
+    assert joint_mixture_cuts([aums, np.ones(10)], [threshold, [0.0]]) == [
+        single,
+        CappedCut(float("-inf"), 0.0, 0.0, False),
+    ]  # a run with nothing to fit takes no part
+    with pytest.raises(InputError, match="one set of threshold AUMs per run"):
+        joint_mixture_cuts([aums], [threshold, thr2])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_pooled_spread_keeps_a_small_share_from_swallowing_the_clean_tail(seed: int) -> None:
+    aums, truth, threshold = small_share(seed)
+    free = joint_mixture_cuts([aums], [threshold], pool_spread=False)[0]
+    pooled = joint_mixture_cuts([aums], [threshold])[0]
+    assert free.noise > 0.06  # the lower Gaussian took part of the clean tail
+    assert abs(pooled.noise - 0.05) < abs(free.noise - 0.05)
+    assert pooled.alpha < free.alpha
+    assert f1_of(aums <= pooled.alpha, truth) > f1_of(aums <= free.alpha, truth)
+
+
+def test_pooled_spread_leaves_a_narrower_mislabeled_bump_as_fitted() -> None:
+    # class-dependent noise: the mislabeled bump (sd 0.6) is narrower than the threshold
+    # samples' (sd 1.2); the pooling only narrows a wider one
+    aums, truth, threshold = bumps(5)
+    pooled = joint_mixture_cuts([aums], [threshold])
+    assert pooled == joint_mixture_cuts([aums], [threshold], pool_spread=False)
+    assert pooled[0].noise == pytest.approx(0.2, abs=0.02)
+    assert f1_of(aums <= pooled[0].alpha, truth) > 0.97
+
+
+def test_joint_cut_moves_with_the_aums() -> None:
+    aums, _, threshold = small_share(6)
+    other, _, thr2 = small_share(7)
+    base = joint_mixture_cuts([aums, other], [threshold, thr2])
+    shifted = joint_mixture_cuts([aums + 7.0, other + 7.0], [threshold + 7.0, thr2 + 7.0])
+    scaled = joint_mixture_cuts([aums * 3.0, other * 3.0], [threshold * 3.0, thr2 * 3.0])
+    for b, s, c in zip(base, shifted, scaled, strict=True):
+        assert s.alpha == pytest.approx(b.alpha + 7.0, abs=1e-6)
+        assert c.alpha == pytest.approx(b.alpha * 3.0, rel=1e-6)
+        assert c.noise == pytest.approx(b.noise, abs=1e-6) and c.capped == b.capped
+
+
+def noisy_trajectory(seed: int, climb_from: int = 7, epochs: int = 60) -> np.ndarray:
+    """The memorising recipe's threshold margins: down to -1.9 at epoch 1, a flat noisy bottom
+    to epoch ``climb_from``, then a steady climb to +2.5 at the last epoch."""
+    rng = np.random.default_rng(100 + seed)
+    flat = -1.9 + rng.normal(0.0, 0.08, climb_from - 1)
+    medians = [-1.2, *flat, *np.linspace(-1.9, 2.5, epochs - climb_from)]
+    return np.array(medians)[:, None] + rng.normal(0.0, 1.0, (epochs, 160))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_climb_stop_counts_up_to_where_the_climb_is_measurable(seed: int) -> None:
+    margins = noisy_trajectory(seed)
+    at_turn = choose_epochs(list(range(60)), margins)
+    climb = choose_epochs(list(range(60)), margins, stop="climb")
+    assert climb.turn == at_turn.turn is not None and 1 <= at_turn.turn <= 7  # in the flat bottom
+    assert at_turn.epochs == list(range(at_turn.turn + 1))  # stop="turn": the rule before
+    # the climb starts at epoch 7 and is back half way to zero by epoch ~18
+    assert climb.epochs == list(range(climb.epochs[-1] + 1)) and 7 <= climb.epochs[-1] <= 14
+    assert climb.median == at_turn.median
+
+
+def test_climb_stop_changes_nothing_without_memorisation() -> None:
+    rng = np.random.default_rng(9)
+    drift = [-0.6, -1.2, -2.0, -1.9, -2.2, *np.linspace(-2.2, -1.7, 25)]  # the standard recipe
+    margins = np.array(drift)[:, None] + rng.normal(0.0, 0.3, (30, 50))
+    choice = choose_epochs(list(range(30)), margins, stop="climb")
+    assert choice.turn is None and choice.epochs == list(range(30))
+    with pytest.raises(InputError, match="stop must be"):
+        choose_epochs(list(range(30)), margins, stop="minimum")  # type: ignore[arg-type]

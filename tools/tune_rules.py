@@ -4,8 +4,11 @@
     python tools/tune_rules.py /tmp/tune
 
 Prints, per setting, the mean F1 of each candidate (rules x epoch ranges x run combination) and
-the oracle (true number of flips on the mean-AUM ranking). Used to choose the default rule; the
-reported numbers come from eval_detection.py on other seeds.
+the oracle (true number of flips on the mean-AUM ranking). Epoch ranges: ``all``, ``auto`` (up
+to the threshold median's minimum: the rule before) and ``climb`` (``flag --epochs auto``: up to
+where its climb is measurable). ``joint/climb/and`` is flag's default; ``default/auto/and`` the
+default before it (one fit per run, no pooled spread, epochs up to the minimum). Used to choose
+the default rule; the reported numbers come from eval_detection.py on other seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from aum_replay.rules import (
     capped_mixture_cut,
     estimate_noise_fraction,
     expected_f1_cut,
+    joint_mixture_cuts,
     mixture_f1_cut,
     replication_alpha,
 )
@@ -107,16 +111,17 @@ def main(root: Path) -> None:
         setting = path.name.split(".seed")[0]
         d = np.load(path)
         flipped = d["flipped"]
-        for span in ("all", "auto"):
+        for span in ("all", "auto", "climb"):
             aums, thrs = [], []
             for k in (1, 2):
                 m = d[f"margins{k}"].astype(np.float64)
                 thr = d[f"threshold{k}"]
-                if span == "auto":
-                    chosen = choose_epochs(list(range(len(m))), m[:, thr]).epochs
+                if span != "all":  # "auto": the minimum (the rule before); "climb": flag's
+                    stop = "turn" if span == "auto" else "climb"
+                    chosen = choose_epochs(list(range(len(m))), m[:, thr], stop=stop).epochs
                     m = m[chosen]
                     if k == 1:
-                        table[setting]["auto_len"].append(len(chosen))
+                        table[setting][f"{span}_len"].append(len(chosen))
                 aums.append(m.mean(axis=0))
                 thrs.append(thr)
             aum = np.array(aums)
@@ -127,6 +132,18 @@ def main(root: Path) -> None:
             oracle = np.zeros(len(flipped), bool)
             oracle[order[: flipped.sum()]] = True
             table[setting][f"oracle/{span}"].append(f1(oracle, flipped))
+            # flag's default: one fit of both runs (shared weights, pooled spread), cut per run
+            for name, pool in (("joint", True), ("joint-unpooled", False)):
+                fits = joint_mixture_cuts(
+                    [aum[r, scored[r]] for r in range(2)],
+                    [aum[r, thr[r]] for r in range(2)],
+                    pool_spread=pool,
+                )
+                flags = np.array([(aum[r] <= fits[r].alpha) & scored[r] for r in range(2)])
+                both = combine_flags(flags, scored)
+                table[setting][f"{name}/{span}/and"].append(f1(both, flipped))
+            if span == "climb":
+                continue  # the per-run candidates below: on all and auto epochs
             per_run = [cuts(aum[r], thr[r]) for r in range(2)]
             for name in per_run[0]:
                 flags = np.array([(aum[r] <= per_run[r][name]) & ~thr[r] for r in range(2)])
