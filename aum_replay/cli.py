@@ -511,8 +511,9 @@ class FlagRule(str, Enum):
 
 _RULE_TEXT = {
     "f1": (
-        "two-component mixture of the AUMs (with a uniform background for the tails) started "
-        "at the threshold samples, expected-F1 cut, never above the paper rule's"
+        "two-component mixture of the AUMs (with a uniform background for the tails) fitted to "
+        "all runs at once, started at and spread like the threshold samples, expected-F1 cut, "
+        "never above the paper rule's"
     ),
     "paper": "SPEC section 5: a percentile of the threshold samples' AUMs",
     "replication": "the replication code's: more than 1% of threshold AUMs strictly greater",
@@ -630,7 +631,8 @@ def flag_command(
             how = "given"
         if run.auto is not None:
             turn = (
-                f"threshold margins turn up after epoch {run.auto.turn}"
+                f"threshold margins lowest at epoch {run.auto.turn}, climbing by epoch "
+                f"{run.epochs[-1]}"
                 if run.auto.turn is not None
                 else "no memorisation seen"
             )

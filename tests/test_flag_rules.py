@@ -117,7 +117,8 @@ def test_cli_default_names_rule_and_epochs(memorised: Path, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("rule f1 (")
     assert "; epochs auto" in result.stdout
-    assert "(auto: threshold margins turn up after epoch" in result.stdout
+    assert "(auto: threshold margins lowest at epoch" in result.stdout
+    assert ", climbing by epoch " in result.stdout
     assert "mixture: 15.0% mislabeled" in result.stdout
     assert "flagged 30 of 200 samples (15.0%)" in result.stdout
     assert result.stderr.strip() == ""
