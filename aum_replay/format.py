@@ -1387,11 +1387,14 @@ class ShardReader:
     def _id_bytes(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """The UTF-8 bytes of the ids of rows ``[start, stop)`` of a v2 shard, and ``stop -
         start + 1`` offsets into them: row ``start + k`` is ``blob[bounds[k]:bounds[k + 1]]``."""
-        first = max(start - 1, 0)
-        ends = self._rows(ID_ENDS, first, stop, np.empty(stop - first, dtype=np.int64))
+        # The end offsets of rows start - 1 .. stop - 1 are the bounds: read straight into them
+        # (no second array of a shard's rows while its ids are read).
         bounds = np.empty(stop - start + 1, dtype=np.int64)
-        bounds[0] = ends[0] if start else 0
-        bounds[1:] = ends[1:] if start else ends
+        if start:
+            self._rows(ID_ENDS, start - 1, stop, bounds)
+        else:
+            bounds[0] = 0
+            self._rows(ID_ENDS, 0, stop, bounds[1:])
         size = self.info.sizes[ID_BYTES]
         if len(bounds) > 1 and (
             bounds[0] < 0 or bounds[-1] > size or bool((bounds[1:] < bounds[:-1]).any())

@@ -60,9 +60,24 @@ def hash_words(words: np.ndarray) -> np.ndarray:
     """A ``uint64`` hash of each row of :func:`key_words` that does not depend on the number of
     words: keys hold no NUL byte (the logger refuses ids with one), so the zero words that pad a
     short key in a wide array are skipped."""
-    n, count = words.shape
-    h = np.full(n, _SEED, dtype=np.uint64)
-    for j in range(count):
+    n = len(words)
+    if n <= _HASH_PIECE:
+        return _hash_piece(words)
+    h = np.empty(n, dtype=np.uint64)
+    for lo in range(0, n, _HASH_PIECE):  # the temporaries stay small (and in the CPU cache)
+        h[lo : lo + _HASH_PIECE] = _hash_piece(words[lo : lo + _HASH_PIECE])
+    return h
+
+
+#: Keys hashed at once by :func:`hash_words`: its temporaries (a few arrays of this many
+#: words) stay in the CPU cache and add nothing to the id scan's peak of memory, where a whole
+#: epoch at once (400k ids) held ~12 MiB of them.
+_HASH_PIECE = 1 << 16
+
+
+def _hash_piece(words: np.ndarray) -> np.ndarray:
+    h = np.full(len(words), _SEED, dtype=np.uint64)
+    for j in range(words.shape[1]):
         word = words[:, j]
         mixed = (h ^ word) * _MULTIPLY
         mixed ^= mixed >> _SHIFT
@@ -75,6 +90,8 @@ def hash_keys(keys: np.ndarray, words: np.ndarray | None = None) -> np.ndarray:
     (:func:`hash_words`; ``words``: the keys' :func:`key_words`, when the caller has them); an
     ``int64`` array is its own hash."""
     if keys.dtype.kind == "i":  # int64 ids are their own hash: distinct ids, distinct hashes
+        if words is not None:  # their key_words: the ids' own bits, one word each
+            return words.reshape(-1)
         return keys.astype(np.int64, copy=False).view(np.uint64)
     return hash_words(key_words(keys) if words is None else words)
 
@@ -221,21 +238,28 @@ class HashIndex:
         words = key_words(keys)
         return self.find_words(words, hash_keys(keys, words) if hashes is None else hashes)
 
-    def find_words(self, words: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-        """:meth:`find` of keys given as their :func:`key_words` and hashes."""
+    def find_words(
+        self, words: np.ndarray, hashes: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:meth:`find` of keys given as their :func:`key_words` and hashes; ``out``: an integer
+        array (B,) to put the indices in (the id scan's ``int32`` rows), returned."""
         width = self._words.shape[1]
         if words.shape[1] < width:  # keys narrower than the universe's
-            return self.find_words(widen_words(words, width), hashes)
+            return self.find_words(widen_words(words, width), hashes, out)
         if words.shape[1] > width:  # a key longer than any in the universe is not there
-            index = self.find_words(np.ascontiguousarray(words[:, :width]), hashes)
+            index = self.find_words(np.ascontiguousarray(words[:, :width]), hashes, out)
             index[words[:, width:].any(axis=1)] = -1
             return index
-        if len(words) > self.PIECE:
-            index = np.empty(len(words), dtype=np.int64)
+        if out is not None or len(words) > self.PIECE:
+            index = np.empty(len(words), dtype=np.int64) if out is None else out
             for lo in range(0, len(words), self.PIECE):
                 hi = lo + self.PIECE
-                index[lo:hi] = self.find_words(words[lo:hi], hashes[lo:hi])
+                index[lo:hi] = self._find_piece(words[lo:hi], hashes[lo:hi])
             return index
+        return self._find_piece(words, hashes)
+
+    def _find_piece(self, words: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+        """:meth:`find_words` of at most :data:`PIECE` keys as wide as the universe's."""
         if not len(words):
             return np.zeros(0, dtype=np.int64)
         tags = hashes >> _TAG

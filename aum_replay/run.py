@@ -413,10 +413,13 @@ def scan_epochs(
     clean = True
     with closing(_hashed_ahead(epochs, id_kind)) as ahead:  # its thread ends with it
         for epoch_words, h, rows in ahead:
+            # each row's index goes straight into its place in resolved (int32), when kept
+            out = None if resolved is None else resolved[at : at + len(epoch_words)]
             if index is None:
-                found = np.full(len(epoch_words), -1, dtype=np.int64)
+                found = np.full(len(epoch_words), -1, dtype=np.int64) if out is None else out
+                found[:] = -1
             else:
-                found = index.find_words(epoch_words, h)
+                found = index.find_words(epoch_words, h, out=out)
             new = found < 0
             if new.any():  # ids not seen in an earlier epoch: add them, index them anew
                 every = bool(new.all())
@@ -446,13 +449,14 @@ def scan_epochs(
                 index = None  # the old table goes before the new one is built
                 index = HashIndex(_as_keys(words, id_kind), hashes, words)
                 del hashes
-            if resolved is not None:
-                resolved[at : at + len(found)] = found
-                at += len(found)
-            per_id = np.bincount(found, minlength=len(words))
-            present = per_id > 0
+            if out is not None and found is not out:  # the first epoch's: a new array
+                out[:] = found
+            at += len(found)
+            present = np.zeros(len(words), dtype=bool)  # ids seen in this epoch (1 byte an id)
+            present[found] = True
             clean = clean and int(np.count_nonzero(present)) == rows
             counts += present
+            del found, present  # not alive while the next epoch is looked up
     index = None
     if not ordered:  # ints by value; UTF-8 bytes sort as the code points do
         order = sort_order(_as_keys(words, id_kind), words)
@@ -492,9 +496,11 @@ def _hashed_ahead(
             return None
         parts, rows = item
         keys = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        parts.clear()  # the source's list too
         words = id_keys.key_words(keys)
-        hashes = id_keys.hash_keys(keys, words)  # looked up at call time: tests force collisions
-        parts.clear()  # the source's list too: the keys go now, unless words is a view of them
+        kind = np.empty(0, dtype=keys.dtype)  # what hash_keys reads of the keys
+        del keys  # before hashing: the blob goes now, unless words is a view of it
+        hashes = id_keys.hash_keys(kind, words)  # looked up at call time: tests force collisions
         return words, hashes, rows
 
     first = next_epoch()
