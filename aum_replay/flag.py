@@ -113,9 +113,9 @@ class RunFlags:
         joint fit's posteriors) and the expected F1 of the flagged set (the same for every
         run; ``None`` otherwise).
     capped
-        Rule ``"f1"`` only: ``True`` when the paper rule's alpha on the same epochs (the
-        ``percentile`` of this run's threshold AUMs) kept out a sample that the combined cut
-        would have flagged.
+        Rule ``"f1"`` only: ``True`` when the combined cut without the ceiling would flag a
+        sample above the paper rule's alpha on the same epochs (the ``percentile`` of this
+        run's threshold AUMs), so that the ceiling set the cut.
     auto
         With ``epochs="auto"``: the :class:`~aum_replay.auto_epochs.AutoEpochs` decision (the
         memorisation point and the threshold samples' median margin per epoch).
