@@ -18,7 +18,9 @@ flagged when its AUM ``<= alpha``, as in SPEC section 5. numpy only.
     never above the paper rule's alpha on the same epochs. ``flag`` fits all its runs at once
     (:func:`joint_mixture_cuts`): the runs share the mixture's weights (the same data set, so
     the same mislabeled share), and the mislabeled component's spread is pooled with the
-    threshold samples' when it is wider than theirs. :func:`capped_mixture_cut` is the same rule
+    threshold samples' when it is wider than theirs; it then places one cut on the runs'
+    combined ranking (:func:`combined_mixture_flags`: mean AUM, each sample's lowest posterior
+    over the runs) instead of one per run. :func:`capped_mixture_cut` is the same rule
     for one run without the pooling (the default before). Why this one and not the
     threshold-anchored estimate (:func:`expected_f1_cut`, kept for comparison): the README's
     "How flag chooses the cut-off".
