@@ -7,9 +7,10 @@ the runs with the rule of :mod:`aum_replay.threshold`. The rules (``rule=``):
 ``"f1"`` (default)
     A two-component mixture of the scored AUMs (with a uniform background component for the
     tails), started at the threshold samples, fitted to all runs at once (shared weights; the
-    mislabeled component's spread pooled with the threshold samples' when wider), cut per run
-    where the expected F1 is largest but never above the paper rule's alpha on the same epochs
-    (:func:`aum_replay.rules.joint_mixture_cuts`), with ``epochs="auto"``;
+    mislabeled component's spread pooled with the threshold samples' when wider); the samples,
+    ranked by their mean AUM, are flagged up to where the expected F1 under their lowest
+    posterior over the runs is largest, never above any run's paper alpha on the same epochs
+    (:func:`aum_replay.rules.combined_mixture_flags`), with ``epochs="auto"``;
     README "How flag chooses the cut-off" has the evidence.
 ``"paper"``
     SPEC section 5 exactly: alpha = the ``percentile`` (99) of the threshold AUMs, all epochs
@@ -50,7 +51,7 @@ from aum_replay.errors import InputError
 from aum_replay.location import URL, Location, RunDirLike
 from aum_replay.outputs import OutputSet, writing
 from aum_replay.replay import ComputeResult, compute
-from aum_replay.rules import CappedCut, joint_mixture_cuts, replication_alpha
+from aum_replay.rules import CombinedCut, combined_mixture_flags, replication_alpha
 from aum_replay.run import open_run
 from aum_replay.threshold import combine_flags, flag_run, fraction_alpha, threshold_alpha
 
@@ -91,7 +92,9 @@ class RunFlags:
     run_dir
         The run directory.
     alpha
-        The cut-off used for this run.
+        The cut-off used for this run. Rule ``"f1"``: the highest AUM among the samples flagged
+        in this run (the rule cuts the runs' combined ranking, not each run:
+        :func:`aum_replay.rules.combined_mixture_flags`), ``-inf`` when none.
     alpha_source
         ``"threshold"`` (percentile of the threshold samples' AUMs), ``"alpha"`` (given) or
         ``"fraction"`` (the lowest-AUM fraction of the scored samples).
@@ -106,11 +109,13 @@ class RunFlags:
         The rule that set alpha (``"f1"``, ``"paper"``, ``"replication"``), or ``None`` when
         alpha was given or came from ``fraction``.
     noise_estimate, expected_f1
-        Rule ``"f1"`` only: the estimated mislabeled fraction of the scored samples and the
-        expected F1 at the cut (``None`` otherwise).
+        Rule ``"f1"`` only: the estimated mislabeled fraction of this run's scored samples (the
+        joint fit's posteriors) and the expected F1 of the flagged set (the same for every
+        run; ``None`` otherwise).
     capped
-        Rule ``"f1"`` only: ``True`` when the mixture's cut was above the paper rule's alpha on
-        the same epochs (the ``percentile`` of the threshold AUMs), so the paper rule's was used.
+        Rule ``"f1"`` only: ``True`` when the combined cut without the ceiling would flag a
+        sample above the paper rule's alpha on the same epochs (the ``percentile`` of this
+        run's threshold AUMs), so that the ceiling set the cut.
     auto
         With ``epochs="auto"``: the :class:`~aum_replay.auto_epochs.AutoEpochs` decision (the
         memorisation point and the threshold samples' median margin per epoch).
@@ -355,18 +360,14 @@ def flag(
         if result.threshold:
             is_thr[r] = _threshold_mask(universe, result.threshold, id_kind, result.run_dir)
             is_thr[r] &= present[r]
-    joint: list[CappedCut] = []
+    combined: CombinedCut | None = None
     if alpha is None and fraction is None and rule == "f1":
         for r, result in enumerate(results):  # the fit's own errors, named by run
             for what, mask in (("scored", present[r] & ~is_thr[r]), ("threshold", is_thr[r])):
                 if not np.isfinite(aum[r, mask]).any():
                     raise InputError(f"{result.run_dir}: no {what} sample has a finite AUM")
-        # one fit for all runs: they share the mixture's weights (README: why)
-        joint = joint_mixture_cuts(
-            [aum[r, present[r] & ~is_thr[r]] for r in range(num_runs)],
-            [aum[r, is_thr[r]] for r in range(num_runs)],
-            percentile=percentile,
-        )
+        # one fit for all runs (shared weights), one cut of the combined ranking (README: why)
+        combined = combined_mixture_flags(aum, present & ~is_thr, is_thr, percentile=percentile)
     for r, result in enumerate(results):
         meta = result.threshold
         scored = present[r] & ~is_thr[r]
@@ -387,10 +388,17 @@ def flag(
                     cut = replication_alpha(aum[r, is_thr[r]])
                 else:
                     # capped at the paper rule's cut on the same epochs (README: why)
-                    cut, noise, expected, capped = joint[r]
+                    assert combined is not None
+                    noise, capped = combined.runs[r].noise, combined.capped[r]
+                    expected = combined.expected_f1
             except InputError as exc:
                 raise InputError(f"{result.run_dir}: {exc}") from None
-        flags[r] = flag_run(aum[r], is_thr[r], cut) & present[r]
+        if combined is not None:
+            # the combined cut's flags in this run; alpha: the highest AUM among them
+            flags[r] = combined.flagged & scored
+            cut = float(aum[r, flags[r]].max()) if flags[r].any() else float("-inf")
+        else:
+            flags[r] = flag_run(aum[r], is_thr[r], cut) & present[r]
         run_flags.append(
             RunFlags(
                 run_dir=result.run_dir,
@@ -465,6 +473,9 @@ def flag(
             "num_samples": n,
             "num_scored": num_scored,
             "num_flagged": int(flagged.sum()),
+            "mean_aum_cut": (
+                combined.alpha if combined is not None and np.isfinite(combined.alpha) else None
+            ),
             "warnings": warnings,
             "runs": [
                 {

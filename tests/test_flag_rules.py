@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from aum_replay import InputError, LogitLogger, flag
 from aum_replay.auto_epochs import choose_epochs
 from aum_replay.cli import app
-from aum_replay.rules import CappedCut, capped_mixture_cut, joint_mixture_cuts
+from aum_replay.rules import (
+    CappedCut,
+    capped_mixture_cut,
+    combined_mixture_flags,
+    joint_mixture_cuts,
+)
+from aum_replay.threshold import combine_flags
 
 runner = CliRunner()
 N, C, EPOCHS, TURN = 240, 3, 12, 4
@@ -236,6 +242,79 @@ def test_joint_cut_moves_with_the_aums() -> None:
         assert s.alpha == pytest.approx(b.alpha + 7.0, abs=1e-6)
         assert c.alpha == pytest.approx(b.alpha * 3.0, rel=1e-6)
         assert c.noise == pytest.approx(b.noise, abs=1e-6) and c.capped == b.capped
+
+
+def overlapping_runs(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two runs of one data set, 30% mislabeled, bumps that overlap; each run's own noise.
+
+    Returns AUMs, scored and threshold masks (2, N) and the truth (N,); each run's 150
+    threshold samples are clean samples given the extra class.
+    """
+    rng = np.random.default_rng(seed)
+    n, k, m = 1500, 450, 150
+    truth = np.arange(n) < k
+    latent = np.where(truth, rng.normal(-1.4, 0.8, n), rng.normal(1.4, 0.8, n))
+    thr = np.zeros((2, n), dtype=bool)
+    thr[0, rng.choice(np.arange(k, n), m, replace=False)] = True
+    thr[1, rng.choice(np.flatnonzero(~thr[0] & ~truth), m, replace=False)] = True
+    aum = latent + rng.normal(0.0, 0.6, (2, n))
+    aum[thr] = rng.normal(-1.5, 0.8, int(thr.sum()))
+    return aum, ~thr, thr, truth
+
+
+def _every_run(aum: np.ndarray, scored: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """The rule before: each run's own cut on the joint fit, flagged in every run."""
+    cuts = joint_mixture_cuts(
+        [a[s] for a, s in zip(aum, scored, strict=True)],
+        [a[t] for a, t in zip(aum, thr, strict=True)],
+    )
+    flags = np.array([(a <= c.alpha) & s for a, c, s in zip(aum, cuts, scored, strict=True)])
+    return combine_flags(flags, scored)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_combined_cut_of_one_run_is_that_runs_cut(seed: int) -> None:
+    for aums, _, threshold in (bumps(seed), small_share(seed)):
+        scored = np.ones((1, len(aums)), dtype=bool)
+        every = np.concatenate([aums, threshold])[None, :]
+        scored = np.concatenate([scored, np.zeros((1, len(threshold)), dtype=bool)], axis=1)
+        combined = combined_mixture_flags(every, scored, ~scored)
+        (cut,) = joint_mixture_cuts([aums], [threshold])
+        assert combined.flagged.tolist() == ((every[0] <= cut.alpha) & scored[0]).tolist()
+        assert combined.alpha == cut.alpha and combined.capped == [cut.capped]
+        assert combined.noise == pytest.approx(cut.noise) and combined.runs == [cut]
+        assert combined.expected_f1 == pytest.approx(cut.expected_f1)
+        # two copies of the run: the same flags
+        twice = combined_mixture_flags(np.repeat(every, 2, 0), np.repeat(scored, 2, 0),
+                                       np.repeat(~scored, 2, 0))  # fmt: skip
+        assert twice.flagged.tolist() == combined.flagged.tolist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_combined_cut_finds_more_of_overlapping_bumps_than_every_runs_cut(seed: int) -> None:
+    # two strict per-run cuts intersected are stricter than either; one cut of the combined
+    # ranking, on the runs' lowest posteriors, is not
+    aum, scored, thr, truth = overlapping_runs(seed)
+    before = _every_run(aum, scored, thr)
+    combined = combined_mixture_flags(aum, scored, thr)
+    assert before.sum() <= combined.flagged.sum() < truth.sum()
+    assert f1_of(combined.flagged, truth) > f1_of(before, truth)
+    mean = aum.mean(axis=0, where=scored)
+    assert not (combined.flagged & (mean > combined.alpha)).any()  # a cut on the mean AUM
+
+
+def test_combined_flags_stay_under_every_runs_paper_cut() -> None:
+    aum, scored, thr, _ = overlapping_runs(7)
+    for percentile in (99.0, 60.0):
+        combined = combined_mixture_flags(aum, scored, thr, percentile=percentile)
+        caps = [np.percentile(a[t], percentile) for a, t in zip(aum, thr, strict=True)]
+        paper = combine_flags(
+            np.array([(a <= c) & s for a, c, s in zip(aum, caps, scored, strict=True)]), scored
+        )
+        assert not (combined.flagged & ~paper).any()
+    assert any(combined.capped)  # the 60th percentile binds
+    with pytest.raises(InputError, match="differ"):
+        combined_mixture_flags(aum, scored[:1], thr)
 
 
 def noisy_trajectory(seed: int, climb_from: int = 7, epochs: int = 60) -> np.ndarray:

@@ -6,8 +6,10 @@
 Prints, per setting, the mean F1 of each candidate (rules x epoch ranges x run combination) and
 the oracle (true number of flips on the mean-AUM ranking). Epoch ranges: ``all``, ``auto`` (up
 to the threshold median's minimum: the rule before) and ``climb`` (``flag --epochs auto``: up to
-where its climb is measurable). ``joint/climb/and`` is flag's default; ``default/auto/and`` the
-default before it (one fit per run, no pooled spread, epochs up to the minimum). Used to choose
+where its climb is measurable). ``combined/climb`` is flag's default (the joint fit, one cut of
+the mean-AUM ranking on the runs' lowest posteriors); ``joint/climb/and`` the default before it
+(the same fit, a cut per run, flagged in every run); ``default/auto/and`` the one before that
+(one fit per run, no pooled spread, epochs up to the minimum). Used to choose
 the default rule; the reported numbers come from eval_detection.py on other seeds.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 from aum_replay.auto_epochs import choose_epochs
 from aum_replay.rules import (
     capped_mixture_cut,
+    combined_mixture_flags,
     estimate_noise_fraction,
     expected_f1_cut,
     joint_mixture_cuts,
@@ -142,6 +145,9 @@ def main(root: Path) -> None:
                 flags = np.array([(aum[r] <= fits[r].alpha) & scored[r] for r in range(2)])
                 both = combine_flags(flags, scored)
                 table[setting][f"{name}/{span}/and"].append(f1(both, flipped))
+            # flag's default: the same joint fit, one expected-F1 cut of the mean-AUM ranking
+            combined = combined_mixture_flags(aum, scored, thr)
+            table[setting][f"combined/{span}"].append(f1(combined.flagged, flipped))
             if span == "climb":
                 continue  # the per-run candidates below: on all and auto epochs
             per_run = [cuts(aum[r], thr[r]) for r in range(2)]
