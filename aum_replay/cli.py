@@ -464,7 +464,9 @@ RunDirs = Annotated[
         metavar="RUN_DIR",
         help=(
             "One or more run directories (or fsspec URLs), e.g. threshold set 1 and set 2 of "
-            "the same seed: a sample is flagged when every run that scored it flags it."
+            "the same seed. The default rule cuts their combined ranking (mean AUM) once; with "
+            "--rule paper or replication, or --alpha/--fraction, a sample is flagged when every "
+            "run that scored it flags it."
         ),
         show_default=False,
     ),
@@ -512,8 +514,8 @@ class FlagRule(str, Enum):
 _RULE_TEXT = {
     "f1": (
         "two-component mixture of the AUMs (with a uniform background for the tails) fitted to "
-        "all runs at once, started at and spread like the threshold samples, expected-F1 cut, "
-        "never above the paper rule's"
+        "all runs at once, started at and spread like the threshold samples; one expected-F1 "
+        "cut of the runs' combined ranking, never above a run's paper cut"
     ),
     "paper": "SPEC section 5: a percentile of the threshold samples' AUMs",
     "replication": "the replication code's: more than 1% of threshold AUMs strictly greater",
@@ -639,15 +641,26 @@ def flag_command(
             counted = f"epochs {_epochs_text(run.epochs)} (auto: {turn})"
         else:
             counted = f"epochs {_epochs_text(run.epochs)}"
-        out.print(
-            f"run{i}  {run.run_dir}: {counted}; alpha {run.alpha:.6g} ({how}); "
-            f"{run.num_flagged:,} of {run.num_scored:,} scored samples at or below",
-            markup=False,
-        )
+        if result.rule == "f1":  # one cut of the runs' combined ranking, not one per run
+            line = (
+                f"{run.num_flagged:,} of {run.num_scored:,} scored samples flagged, the highest "
+                f"at AUM {run.alpha:.6g} ({how})"
+            )
+        else:
+            line = (
+                f"alpha {run.alpha:.6g} ({how}); "
+                f"{run.num_flagged:,} of {run.num_scored:,} scored samples at or below"
+            )
+        out.print(f"run{i}  {run.run_dir}: {counted}; {line}", markup=False)
+    if result.rule == "f1" and result.mean_aum_cut is not None:
+        how_combined = f" - mean AUM over the runs that scored them <= {result.mean_aum_cut:.6g}"
+    elif len(result.runs) > 1:
+        how_combined = " - flagged in every run that scored them"
+    else:
+        how_combined = ""
     out.print(
         f"flagged {result.num_flagged:,} of {result.num_scored:,} samples "
-        f"({100 * result.fraction_flagged:.1f}%)"
-        + (" - flagged in every run that scored them" if len(result.runs) > 1 else ""),
+        f"({100 * result.fraction_flagged:.1f}%){how_combined}",
         markup=False,
     )
     if result.flagged_per_class:

@@ -156,7 +156,8 @@ class FlagResult:
     num_scored
         Samples scored by at least one run (present and not one of its threshold samples).
     num_flagged
-        Samples flagged (in every run that scored them).
+        Samples flagged: rule ``"f1"``, the lowest mean AUMs up to ``mean_aum_cut``; the
+        others, those at or below alpha in every run that scored them.
     flagged_per_class
         ``{label: count}`` of the flagged samples, by given label, ascending.
     rule
@@ -169,6 +170,10 @@ class FlagResult:
         in ``flag_summary.json``; empty when nothing looks off.
     mislabeled, details
         The two tables, as written (see the module docstring).
+    mean_aum_cut
+        Rule ``"f1"``: the cut on the mean AUM over the runs that scored a sample
+        (:func:`aum_replay.rules.combined_mixture_flags`); ``None`` for the other rules or
+        when nothing was flagged.
     """
 
     runs: list[RunFlags]
@@ -187,6 +192,7 @@ class FlagResult:
     rule: str = DEFAULT_RULE
     epochs: str = "all"
     warnings: list[str] = field(default_factory=list)
+    mean_aum_cut: float | None = None
 
     @property
     def fraction_flagged(self) -> float:
@@ -457,6 +463,7 @@ def flag(
     epochs_asked = "auto" if auto else selection.spec
     num_scored = int(scored_all.any(axis=0).sum())
     warnings = _warnings(int(flagged.sum()), num_scored, run_flags, used_rule)
+    mean_cut = combined.alpha if combined is not None and np.isfinite(combined.alpha) else None
 
     out_path = mislabeled_path = details_path = summary_path = None
     if outputs is not None:
@@ -473,9 +480,7 @@ def flag(
             "num_samples": n,
             "num_scored": num_scored,
             "num_flagged": int(flagged.sum()),
-            "mean_aum_cut": (
-                combined.alpha if combined is not None and np.isfinite(combined.alpha) else None
-            ),
+            "mean_aum_cut": mean_cut,
             "warnings": warnings,
             "runs": [
                 {
@@ -521,6 +526,7 @@ def flag(
         rule=used_rule,
         epochs=epochs_asked,
         warnings=warnings,
+        mean_aum_cut=mean_cut,
     )
 
 

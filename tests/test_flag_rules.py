@@ -152,7 +152,10 @@ def test_cli_rejects_a_bad_rule_and_epochs(memorised: Path, tmp_path: Path) -> N
 def test_the_summary_says_when_the_cut_was_capped(memorised: Path, tmp_path: Path) -> None:
     free = runner.invoke(app, ["flag", str(memorised), "-o", str(tmp_path / "a")])
     assert free.exit_code == 0, free.output
-    assert "never above the paper rule's" in free.stdout and "capped" not in free.stdout
+    assert "never above a run's paper cut" in free.stdout and "capped" not in free.stdout
+    # one cut of the combined ranking: each run's line says how many it flags and the highest
+    assert "scored samples flagged, the highest at AUM " in free.stdout
+    assert "mean AUM over the runs that scored them <= " in free.stdout
     tight = runner.invoke(
         app, ["flag", str(memorised), "-o", str(tmp_path / "b"), "--percentile", "50"]
     )
