@@ -166,7 +166,7 @@ def mixture_f1_cut(
 
 
 class CappedCut(NamedTuple):
-    """The default rule's cut for one run (:func:`capped_mixture_cut`)."""
+    """One run's mixture cut (:func:`capped_mixture_cut`, :func:`joint_mixture_cuts`)."""
 
     alpha: float
     """The cut: scored samples with ``aum <= alpha`` are flagged (``-inf``: none)."""
@@ -186,7 +186,8 @@ def capped_mixture_cut(
     iterations: int = 500,
     background: bool = True,
 ) -> CappedCut:
-    """The default rule (``flag --rule f1``): :func:`mixture_f1_cut` capped at the paper's alpha.
+    """:func:`mixture_f1_cut` capped at the paper's alpha: one run's cut, ``flag``'s default
+    before the joint fit and the combined cut (:func:`combined_mixture_flags`).
 
     The cap is the paper rule's alpha, :func:`aum_replay.threshold.threshold_alpha` of the
     threshold AUMs at ``percentile`` (SPEC section 5), on the same AUMs (the same epochs): a
@@ -297,7 +298,8 @@ def joint_mixture_cuts(
     iterations: int = 500,
     pool_spread: bool = True,
 ) -> list[CappedCut]:
-    """The default rule (``flag --rule f1``) for several runs of one data set, fitted together.
+    """A cut per run of several runs of one data set, fitted together (the joint fit that
+    :func:`combined_mixture_flags`, ``flag``'s default, cuts once instead).
 
     One EM for all runs: each run r has its own two Gaussians ``N(mu_r1, s_r1)``,
     ``N(mu_r2, s_r2)`` and uniform background over its AUMs' range, and the runs share the three
