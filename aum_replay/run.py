@@ -231,14 +231,17 @@ class IdScan:
         """The number of distinct sample ids."""
         return len(self.index_keys)
 
-    def id_column(self, name: str = "sample_id") -> Any:
+    def id_column(self, name: str = "sample_id", order: np.ndarray | None = None) -> Any:
         """The universe as a polars column: string ids straight from their UTF-8 keys (a
-        byte copy, ~8x cheaper than converting numpy's unicode array)."""
+        byte copy, ~8x cheaper than converting numpy's unicode array). ``order``: the
+        universe's positions to take, in that order (gathered as keys first: polars' own gather
+        of a string column copies it again, ~15 MiB more at 400k ids)."""
         import polars as pl
 
         if self.keys is not None:
-            return pl.Series(name, self.keys).cast(pl.String)
-        return pl.Series(name, self.universe)
+            keys = self.keys if order is None else self.keys[order]
+            return pl.Series(name, keys).cast(pl.String)
+        return pl.Series(name, self.universe if order is None else self.universe[order])
 
     @property
     def index_keys(self) -> np.ndarray:
@@ -351,11 +354,11 @@ def resolves_rows(shards: Sequence[ShardInfo], id_kind: str) -> bool:
 
 
 def _scan_string_keys(shards: Sequence[ShardInfo], stop: threading.Event | None) -> IdScan:
-    """:func:`scan_ids` of string ids by their hashes (see :func:`scan_epochs`)."""
+    """:func:`scan_ids` of string ids by their hashes (see :func:`scan_pieces`)."""
     resolved = None
     if resolves_rows(shards, "str"):
         resolved = np.empty(sum(s.num_rows for s in shards), dtype=np.int32)
-    scan = scan_epochs(_epoch_keys(shards, stop), "str", resolved)
+    scan = scan_pieces(_piece_keys(shards, stop), "str", resolved)
     if resolved is None:
         return scan
     rows: dict[Location, np.ndarray] = {}
@@ -364,6 +367,43 @@ def _scan_string_keys(shards: Sequence[ShardInfo], stop: threading.Event | None)
         rows[info.path] = resolved[at : at + info.num_rows]
         at += info.num_rows
     return dataclasses.replace(scan, rows=rows)
+
+
+#: Rows of ids the string-id scan reads, hashes and looks up at once (rounded to whole
+#: checksummed groups): a piece's keys, words and hashes are ~2.5 MiB at 16-byte ids, where an
+#: epoch of 400k ids held ~10 MiB of them, twice over while the next one was read.
+PIECE_ROWS = 1 << 16
+
+#: A piece of a scan: id keys, and at the last piece of an epoch the epoch's number of rows
+#: (``None`` before it).
+Piece = tuple[np.ndarray, "int | None"]
+
+
+def _piece_keys(
+    shards: Sequence[ShardInfo], stop: threading.Event | None = None
+) -> Iterator[Piece]:
+    """The id keys of ``shards`` in pieces of about :data:`PIECE_ROWS` rows, in order, each
+    epoch's last piece carrying its rows (epochs without rows are left out); raises
+    :class:`ScanStopped` before reading a shard once ``stop`` is set."""
+    totals: dict[int, int] = {}
+    for info in shards:
+        totals[info.epoch] = totals.get(info.epoch, 0) + info.num_rows
+    for k, info in enumerate(shards):
+        if stop is not None and stop.is_set():
+            raise ScanStopped
+        last = k + 1 == len(shards) or shards[k + 1].epoch != info.epoch
+        total = totals[info.epoch]
+        n = info.num_rows
+        if not n:
+            if last and total:
+                yield np.zeros(0, dtype="S1"), total
+            continue
+        group = max(1, info.group_rows)
+        step = group * max(1, PIECE_ROWS // group)
+        with ShardReader(info.path, info=info) as reader:
+            for lo in range(0, n, step):
+                hi = min(lo + step, n)
+                yield reader.read_id_keys(lo, hi), total if last and hi == n else None
 
 
 def _epoch_keys(
@@ -390,19 +430,34 @@ def scan_epochs(
     id_kind: str,
     resolved: np.ndarray | None = None,
 ) -> IdScan:
-    """The id scan of a run from, per epoch in order, id keys of its shards (repeats allowed;
-    :meth:`~aum_replay.format.ShardReader.read_id_keys`) and its number of rows.
+    """:func:`scan_pieces` of a run given per epoch in order: the id keys of its shards
+    (repeats allowed; :meth:`~aum_replay.format.ShardReader.read_id_keys`) and its number of
+    rows (which may exceed the keys given: the Dask scan sends each shard's distinct ids)."""
+
+    def pieces() -> Iterator[Piece]:
+        for parts, rows in epochs:
+            for k, part in enumerate(parts):
+                yield part, rows if k + 1 == len(parts) else None
+
+    return scan_pieces(pieces(), id_kind, resolved)
+
+
+def scan_pieces(
+    pieces: Iterable[Piece], id_kind: str, resolved: np.ndarray | None = None
+) -> IdScan:
+    """The id scan of a run from its id keys in pieces, in order (:data:`Piece`: each epoch's
+    last piece carries the epoch's number of rows).
 
     The distinct ids seen so far are kept with a :class:`~aum_replay.keys.HashIndex` over them:
-    an epoch's keys are looked up (a hash and a gather a row, no sort), only ids never seen
-    before are sorted and added, and a bincount of the lookups gives how often each id appears
-    in the epoch (an epoch holds an id twice if it has fewer distinct ids than rows). The first
-    epoch's ids come sorted, so a run whose later epochs bring no new id (the common case) is
-    never sorted again. Raises :class:`~aum_replay.keys.Collision` for two string ids with one
-    hash.
+    each piece's keys are looked up (a hash and a gather a row, no sort) and the ids found are
+    marked as seen in the epoch; ids never seen before wait for the epoch's end, where they are
+    sorted, added and indexed at once. An epoch holds an id twice if it has fewer distinct ids
+    than rows. The first epoch's ids come sorted, so a run whose later epochs bring no new id
+    (the common case) is never sorted again. Raises :class:`~aum_replay.keys.Collision` for two
+    string ids with one hash.
 
     ``resolved``, an ``int32`` array of the run's rows, receives each row's index in the
-    returned universe, epoch after epoch, for :attr:`IdScan.rows`.
+    returned universe, piece after piece, for :attr:`IdScan.rows`.
     """
     # The distinct ids so far, as key_words rows (their keys are a view of them: _as_keys).
     words = np.zeros((0, 1), dtype=np.uint64)
@@ -411,52 +466,43 @@ def scan_epochs(
     ordered = True  # the ids are sorted (as sort_order sorts)
     at = 0  # rows resolved so far
     clean = True
-    with closing(_hashed_ahead(epochs, id_kind)) as ahead:  # its thread ends with it
-        for epoch_words, h, rows in ahead:
-            # each row's index goes straight into its place in resolved (int32), when kept
-            out = None if resolved is None else resolved[at : at + len(epoch_words)]
-            if index is None:
-                found = np.full(len(epoch_words), -1, dtype=np.int64) if out is None else out
-                found[:] = -1
-            else:
-                found = index.find_words(epoch_words, h, out=out)
-            new = found < 0
-            if new.any():  # ids not seen in an earlier epoch: add them, index them anew
-                every = bool(new.all())
-                fresh = epoch_words if every else epoch_words[new]
-                picks, inverse = unique_keys(_as_keys(fresh, id_kind), fresh)
-                added = np.take(fresh, picks, axis=0)
-                added_hashes = (h if every else h[new])[picks]
-                last = _as_keys(words[-1:], id_kind)
-                if len(last) and not last[0] < _as_keys(added[:1], id_kind)[0]:
-                    ordered = False  # bytes compare as sort_order sorts
-                inverse += len(words)
-                if every:
-                    found = inverse
+    seen = np.zeros(0, dtype=bool)  # per distinct id: seen in this epoch (1 byte an id)
+    waiting: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # new ids: words, hashes, rows
+    with closing(_hashed_ahead(pieces, id_kind)) as ahead:  # its thread ends with it
+        for piece_words, h, epoch_rows in ahead:
+            n = len(piece_words)
+            if n:
+                # each row's index goes straight into its place in resolved (int32), when kept
+                out = None if resolved is None else resolved[at : at + n]
+                if index is None:
+                    found = np.full(n, -1, dtype=np.int64) if out is None else out
+                    found[:] = -1
                 else:
-                    found[new] = inverse
-                del inverse, picks
-                hashes = None  # the universe's hashes are not kept: HashIndex hashes again
-                if not len(words):  # the first ids: no copy, their hashes at hand
-                    words, hashes = added, added_hashes
+                    found = index.find_words(piece_words, h, out=out)
+                new = found < 0
+                if new.any():  # indexed at the epoch's end, with the epoch's other new ids
+                    rows = np.flatnonzero(new).astype(np.int32)  # < RESOLVED_BYTES / 4 rows
+                    if len(rows) == n:
+                        waiting.append((piece_words, h, rows + np.int32(at)))
+                    else:
+                        waiting.append((piece_words[rows], h[rows], rows + np.int32(at)))
+                        seen[found[~new]] = True
+                    del rows
                 else:
-                    width = max(words.shape[1], added.shape[1])
-                    words = np.concatenate(
-                        [id_keys.widen_words(words, width), id_keys.widen_words(added, width)]
-                    )
-                del fresh, added, added_hashes, epoch_words, h  # before the table is built
-                counts = np.concatenate([counts, np.zeros(len(words) - len(counts), np.int64)])
-                index = None  # the old table goes before the new one is built
-                index = HashIndex(_as_keys(words, id_kind), hashes, words)
-                del hashes
-            if out is not None and found is not out:  # the first epoch's: a new array
-                out[:] = found
-            at += len(found)
-            present = np.zeros(len(words), dtype=bool)  # ids seen in this epoch (1 byte an id)
-            present[found] = True
-            clean = clean and int(np.count_nonzero(present)) == rows
-            counts += present
-            del found, present  # not alive while the next epoch is looked up
+                    seen[found] = True
+                del found, new
+                at += n
+            del piece_words, h
+            if epoch_rows is None:
+                continue
+            if waiting:
+                words, counts, seen, index, ordered = _add_new_ids(
+                    waiting, words, counts, seen, index, ordered, id_kind, resolved
+                )
+                waiting = []
+            clean = clean and int(np.count_nonzero(seen)) == epoch_rows
+            counts += seen
+            seen = np.zeros(len(words), dtype=bool)
     index = None
     if not ordered:  # ints by value; UTF-8 bytes sort as the code points do
         order = sort_order(_as_keys(words, id_kind), words)
@@ -474,6 +520,60 @@ def scan_epochs(
     return IdScan(None, appearances, keys)
 
 
+def _add_new_ids(
+    waiting: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    words: np.ndarray,
+    counts: np.ndarray,
+    seen: np.ndarray,
+    index: HashIndex | None,
+    ordered: bool,
+    id_kind: str,
+    resolved: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, HashIndex, bool]:
+    """:func:`scan_pieces` at an epoch's end: its new ids (``waiting``: per piece, their words,
+    hashes and rows) added to the universe ``words``, their rows resolved, marked ``seen``, and
+    the table built anew. Returns the new ``words, counts, seen, index, ordered``."""
+    width = max(w.shape[1] for w, _, _ in waiting)
+    parts = [id_keys.widen_words(w, width) for w, _, _ in waiting]
+    hash_parts = [h for _, h, _ in waiting]
+    row_parts = [r for _, _, r in waiting]
+    waiting.clear()
+    # one list at a time, each freed once joined: the pieces and their join do not all coexist
+    fresh = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    del parts
+    fresh_hashes = hash_parts[0] if len(hash_parts) == 1 else np.concatenate(hash_parts)
+    del hash_parts
+    rows = row_parts[0] if len(row_parts) == 1 else np.concatenate(row_parts)
+    del row_parts
+    picks, inverse = unique_keys(_as_keys(fresh, id_kind), fresh)
+    added = np.take(fresh, picks, axis=0)
+    added_hashes = fresh_hashes[picks]
+    del fresh, fresh_hashes, picks
+    last = _as_keys(words[-1:], id_kind)
+    if len(last) and not last[0] < _as_keys(added[:1], id_kind)[0]:
+        ordered = False  # bytes compare as sort_order sorts
+    inverse += len(words)
+    if resolved is not None:
+        resolved[rows] = inverse
+    del rows
+    hashes = None  # the universe's hashes are not kept: HashIndex hashes again
+    if not len(words):  # the first ids: no copy, their hashes at hand
+        words, hashes = added, added_hashes
+    else:
+        width = max(words.shape[1], added.shape[1])
+        words = np.concatenate(
+            [id_keys.widen_words(words, width), id_keys.widen_words(added, width)]
+        )
+    del added, added_hashes
+    counts = np.concatenate([counts, np.zeros(len(words) - len(counts), np.int64)])
+    seen = np.concatenate([seen, np.zeros(len(words) - len(seen), dtype=bool)])
+    seen[inverse] = True
+    del inverse
+    index = None  # the old table goes before the new one is built
+    index = HashIndex(_as_keys(words, id_kind), hashes, words)
+    return words, counts, seen, index, ordered
+
+
 def _as_keys(words: np.ndarray, id_kind: str) -> np.ndarray:
     """Rows of :func:`~aum_replay.keys.key_words` as keys, a view: ``int64`` ids, or UTF-8 keys
     at the words' width (NUL-padded, which numpy and polars strip, as keys hold no NUL)."""
@@ -483,39 +583,36 @@ def _as_keys(words: np.ndarray, id_kind: str) -> np.ndarray:
 
 
 def _hashed_ahead(
-    epochs: Iterable[tuple[list[np.ndarray], int]], id_kind: str
-) -> Generator[tuple[np.ndarray, np.ndarray, int], None, None]:
-    """Per epoch, its keys as :func:`~aum_replay.keys.key_words`, their hashes, and its rows,
-    each epoch read and hashed by a thread while the caller looks up the one before (reads,
-    copies and numpy's arithmetic release the GIL)."""
-    source = iter(epochs)
+    pieces: Iterable[Piece], id_kind: str
+) -> Generator[tuple[np.ndarray, np.ndarray, int | None], None, None]:
+    """Per piece, its keys as :func:`~aum_replay.keys.key_words`, their hashes, and its
+    epoch's rows (at the epoch's last piece), each piece read and hashed by a thread while the
+    caller looks up the one before (reads, copies and numpy's arithmetic release the GIL)."""
+    source = iter(pieces)
 
-    def next_epoch() -> tuple[np.ndarray, np.ndarray, int] | None:
+    def next_piece() -> tuple[np.ndarray, np.ndarray, int | None] | None:
         item = next(source, None)  # only the one thread advances the source
         if item is None:
             return None
-        parts, rows = item
-        keys = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        parts.clear()  # the source's list too
+        keys, epoch_rows = item
+        del item
         words = id_keys.key_words(keys)
         kind = np.empty(0, dtype=keys.dtype)  # what hash_keys reads of the keys
         del keys  # before hashing: the blob goes now, unless words is a view of it
         hashes = id_keys.hash_keys(kind, words)  # looked up at call time: tests force collisions
-        return words, hashes, rows
+        return words, hashes, epoch_rows
 
-    first = next_epoch()
-    if first is None:
-        return
-    # The first epoch is sorted and indexed, the scan's peak of memory: the next one is read
-    # only after it. Later epochs are looked up in the table, while the next one is read.
-    yield first
-    del first
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-scan") as pool:
-        ahead = pool.submit(next_epoch)
-        while (item := ahead.result()) is not None:
-            ahead = pool.submit(next_epoch)
-            yield item
-            del item
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aum-replay-scan") as pool:
+            ahead = pool.submit(next_piece)
+            while (item := ahead.result()) is not None:
+                ahead = pool.submit(next_piece)
+                yield item
+                del item
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:  # the thread is done with it: its open shard is closed now
+            close()
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aum_replay import LogitLogger
+from aum_replay import run as run_module
+from aum_replay.format import ShardReader
 from aum_replay.run import IdIndex, index_of, open_run, scan_ids
 
 Epochs = list[list[list[int]]]  # epoch -> rank -> ids
@@ -112,3 +114,50 @@ def test_id_index_matches_a_binary_search(ids: list[int], shape: str, data: st.D
     assert index.dtype == np.int64
     assert index.tolist() == index_of(universe, queries, "int").tolist()
     assert universe[index].tolist() == queries.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(runs(), st.sampled_from([1, 5]))
+def test_the_string_scan_in_small_pieces_matches_brute_force(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[Epochs, str], piece: int
+) -> None:
+    """Pieces of a few rows (run.PIECE_ROWS; chunks of 4 rows of 64 logits): ids new in later
+    epochs and in any piece, repeats inside an epoch and across its ranks' shards, empty ranks;
+    every row's resolved index is its id's place in the sorted universe."""
+    epochs, _ = case
+    if not any(ids for ranks in epochs for ids in ranks):
+        return
+    run_dir = tmp_path_factory.mktemp("run")
+    world = max(len(ranks) for ranks in epochs)
+    loggers = [
+        LogitLogger(run_dir, rank=r, world_size=world, chunk_bytes=1024) for r in range(world)
+    ]
+    for epoch, ranks in enumerate(epochs):
+        for rank, ids in enumerate(ranks):
+            if ids:
+                values = [f"id-{i}" for i in ids]
+                logits = torch.zeros(len(ids), 64)
+                loggers[rank].log(logits, [0] * len(ids), values, epoch=epoch)
+        for logger in loggers:
+            logger.end_epoch()
+    for logger in loggers:
+        logger.close()
+    run = open_run(run_dir)
+    assert max(s.group_rows for s in run.shards) <= 4  # several pieces a shard
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "PIECE_ROWS", piece)
+        scan = scan_ids(run.shards, run.id_kind)
+    universe = sorted({f"id-{i}" for ranks in epochs for ids in ranks for i in ids})
+    assert scan.universe.tolist() == universe
+    position = {key: k for k, key in enumerate(universe)}
+    assert scan.rows is not None
+    for shard in run.shards:
+        with ShardReader(shard.path, info=shard) as reader:
+            ids = [position[i] for i in reader.read_ids().tolist()]
+        assert scan.rows[shard.path].tolist() == ids
+    rows = [[i for ids in ranks for i in ids] for ranks in epochs if any(ranks)]
+    clean = all(len(set(epoch)) == len(epoch) for epoch in rows)
+    assert (scan.appearances is not None) == clean
+    if scan.appearances is not None:
+        appearances = Counter(f"id-{i}" for epoch in rows for i in set(epoch))
+        assert scan.appearances.tolist() == [appearances[key] for key in universe]
