@@ -406,25 +406,6 @@ def _piece_keys(
                 yield reader.read_id_keys(lo, hi), total if last and hi == n else None
 
 
-def _epoch_keys(
-    shards: Sequence[ShardInfo], stop: threading.Event | None = None
-) -> Iterator[tuple[list[np.ndarray], int]]:
-    """Per epoch with rows, its shards' id keys and its number of rows; raises
-    :class:`ScanStopped` before reading a shard once ``stop`` is set."""
-    parts: list[np.ndarray] = []
-    rows = 0
-    for k, info in enumerate(shards):
-        if stop is not None and stop.is_set():
-            raise ScanStopped
-        ids = read_all_id_keys(info)
-        if len(ids):
-            parts.append(ids)
-            rows += len(ids)
-        if parts and (k + 1 == len(shards) or shards[k + 1].epoch != info.epoch):
-            yield parts, rows
-            parts, rows = [], 0
-
-
 def scan_epochs(
     epochs: Iterable[tuple[list[np.ndarray], int]],
     id_kind: str,

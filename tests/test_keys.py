@@ -82,8 +82,10 @@ def test_a_replay_is_the_same_when_every_hash_collides(
 
 @pytest.mark.parametrize("pad", [0, 2])
 def test_the_merge_by_hash_scans_int_ids_as_the_stamp_table_does(tmp_path: Path, pad: int) -> None:
-    """scan_epochs (the Dask scan's merge) against scan_ids' own int path, clean or not."""
-    from aum_replay.run import _epoch_keys, scan_epochs
+    """scan_epochs (the Dask scan's merge) and scan_pieces (the string scan's, in pieces of
+    one row) against scan_ids' own int path, clean or not."""
+    from aum_replay import run as run_module
+    from aum_replay.run import _piece_keys, scan_epochs, scan_pieces
 
     rng = np.random.default_rng(pad)
     run = tmp_path / "run"
@@ -95,9 +97,15 @@ def test_the_merge_by_hash_scans_int_ids_as_the_stamp_table_does(tmp_path: Path,
             logger.log(logits, [abs(i) % 4 for i in order], order, epoch=epoch)
             logger.end_epoch()
     shards = open_run(run, None).shards
-    merged, stamped = scan_epochs(_epoch_keys(shards), "int"), scan_ids(shards, "int")
+    epochs = [([read_all_id_keys(shard)], shard.num_rows) for shard in shards]  # a shard an epoch
+    merged, stamped = scan_epochs(iter(epochs), "int"), scan_ids(shards, "int")
     assert np.array_equal(merged.universe, stamped.universe) and merged.keys is None
     assert (merged.appearances is None) == (stamped.appearances is None) == (pad > 0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "PIECE_ROWS", 1)
+        pieces = scan_pieces(_piece_keys(shards), "int")
+    assert np.array_equal(pieces.universe, stamped.universe)
+    assert (pieces.appearances is None) == (pad > 0)
     if stamped.appearances is not None:
         assert np.array_equal(merged.appearances, stamped.appearances)
 
