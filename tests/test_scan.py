@@ -81,6 +81,8 @@ def test_scan_ids_matches_brute_force(
     if scan.appearances is not None:
         assert clean
         appearances = Counter(i for epoch in rows for i in set(epoch))
+        if kind == "str":  # the universe's order: the strings', not the ints' ("10" < "2")
+            every = sorted(every, key=str)
         assert scan.appearances.tolist() == [appearances[i] for i in every]
     else:
         assert not clean or kind != "dense"  # dense ids always get the cheap check
@@ -161,3 +163,12 @@ def test_the_string_scan_in_small_pieces_matches_brute_force(
     if scan.appearances is not None:
         appearances = Counter(f"id-{i}" for epoch in rows for i in set(epoch))
         assert scan.appearances.tolist() == [appearances[key] for key in universe]
+
+
+def test_appearances_follow_the_string_order_of_the_universe(tmp_path: Path) -> None:
+    """The example hypothesis found: "10" sorts before "2", and "2" is in both epochs."""
+    write(tmp_path / "run", [[[2]], [[2, 10]]], "str")
+    run = open_run(tmp_path / "run")
+    scan = scan_ids(run.shards, run.id_kind)
+    assert scan.universe.tolist() == ["10", "2"]
+    assert scan.appearances is not None and scan.appearances.tolist() == [1, 2]
