@@ -211,9 +211,15 @@ def _mixture_cut(
     return _cut(s, _fit(s, *start, iterations, background), cap)
 
 
+def _expected_f1(ranked: np.ndarray, total: float) -> np.ndarray:
+    """The expected F1 of flagging the first k samples, for every k: ``ranked`` their
+    mislabeled probabilities in flagging order, ``total`` the sum over every sample."""
+    return 2.0 * np.cumsum(ranked) / (np.arange(1, len(ranked) + 1) + total)
+
+
 def _cut(s: np.ndarray, p: np.ndarray, cap: float | None) -> CappedCut:
     """The best expected-F1 cut of the sorted AUMs ``s`` with posteriors ``p``, at most ``cap``."""
-    f1 = 2.0 * np.cumsum(p) / (np.arange(1, len(s) + 1) + p.sum())
+    f1 = _expected_f1(p, p.sum())
     best = int(np.argmax(f1))
     if cap is not None:
         allowed = int(np.searchsorted(s, cap, side="right"))
@@ -261,28 +267,68 @@ def _fit(
     log = np.empty((len(s), len(weight)))
     with np.errstate(divide="ignore"):  # a weight that reaches 0 drops its component
         for _ in range(iterations):
-            log[:, :2] = (
-                np.log(weight[:2]) - np.log(sd) - 0.5 * ((s[:, None] - mu) / sd) ** 2
-                - 0.5 * np.log(2.0 * np.pi)
-            )  # fmt: skip
-            if background:
-                log[:, 2] = np.log(weight[2]) - np.log(span)
-            top = log.max(axis=1, keepdims=True)
-            total = top[:, 0] + np.log(np.exp(log - top).sum(axis=1))
-            post = np.exp(log - total[:, None])
+            post, total = _e_step(log, s, weight, mu, sd, span)
             mass = post.sum(axis=0)
             if (mass[:2] <= 0).any():
                 break
             weight = mass / len(s)
-            mu = (post[:, :2] * s[:, None]).sum(axis=0) / mass[:2]
-            sd = np.sqrt((post[:, :2] * (s[:, None] - mu) ** 2).sum(axis=0) / mass[:2]) + floor
+            mu, sd = _m_step(s, post, mass, floor)
             likelihood = float(total.sum())
             if likelihood - previous < 1e-9 * abs(likelihood):
                 break
             previous = likelihood
+    return _mislabeled(log, post, mu)
+
+
+def _e_step(
+    log: np.ndarray,
+    s: np.ndarray,
+    weight: np.ndarray,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    span: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """EM's E-step: ``log`` (n, 2 or 3) filled with each component's log weight and density
+    (the third, when there, the uniform background over ``span``); returns the posteriors
+    (n, k) and each sample's log likelihood (n,)."""
+    log[:, :2] = (
+        np.log(weight[:2]) - np.log(sd) - 0.5 * ((s[:, None] - mu) / sd) ** 2
+        - 0.5 * np.log(2.0 * np.pi)
+    )  # fmt: skip
+    if log.shape[1] > 2:
+        log[:, 2] = np.log(weight[2]) - np.log(span)
+    top = log.max(axis=1, keepdims=True)
+    total = top[:, 0] + np.log(np.exp(log - top).sum(axis=1))
+    return np.exp(log - total[:, None]), total
+
+
+def _m_step(
+    s: np.ndarray,
+    post: np.ndarray,
+    mass: np.ndarray,
+    floor: float,
+    prior: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """EM's M-step for the two Gaussians: their means and spreads (plus ``floor``). ``prior``
+    ``(m, v_T)``: the lower Gaussian's variance, when above ``v_T``, pooled with ``m``
+    pseudo-samples at ``v_T`` (:func:`joint_mixture_cuts`)."""
+    mu = (post[:, :2] * s[:, None]).sum(axis=0) / mass[:2]
+    squares = (post[:, :2] * (s[:, None] - mu) ** 2).sum(axis=0)
+    var = squares / mass[:2]
+    if prior is not None:
+        low = int(np.argmin(mu))
+        m, v_t = prior
+        if var[low] > v_t:  # wider than the threshold samples: pooled with theirs
+            var[low] = (squares[low] + m * v_t) / (mass[low] + m)
+    return mu, np.sqrt(var) + floor
+
+
+def _mislabeled(log: np.ndarray, post: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """The fitted posteriors that a sample is mislabeled: the lower Gaussian's, plus (with a
+    background) its share of the background's."""
     low = int(np.argmin(mu))
     p = post[:, low]
-    if background:
+    if post.shape[1] > 2:
         # the lower Gaussian's share of each sample's background posterior: a logistic of the
         # two Gaussians' log densities (no underflow far out in either tail)
         share = 1.0 / (1.0 + np.exp(np.clip(log[:, 1 - low] - log[:, low], -700.0, 700.0)))
@@ -447,14 +493,14 @@ def combined_mixture_flags(
     if len(order) == 0 or q.sum() <= 0.0:
         return CombinedCut(none, float("-inf"), float(q[any_scored].mean()) if any_scored.any()
                            else 0.0, 0.0, runs, capped)  # fmt: skip
-    f1 = 2.0 * np.cumsum(q[order]) / (np.arange(1, len(order) + 1) + q.sum())
+    f1 = _expected_f1(q[order], q.sum())
     best = int(np.argmax(f1))
     alpha = float(mean[order[best]])
     flagged = eligible & (mean <= alpha)
     # capped: the same cut without the ceiling would have flagged a sample above this run's
     ranked = np.flatnonzero(any_scored & np.isfinite(mean))
     ranked = ranked[np.argsort(mean[ranked], kind="stable")]
-    free = 2.0 * np.cumsum(q[ranked]) / (np.arange(1, len(ranked) + 1) + q.sum())
+    free = _expected_f1(q[ranked], q.sum())
     wanted = ranked[: int(np.argmax(free)) + 1]
     capped = [bool((scored_mask[r, wanted] & ~under[r, wanted]).any()) for r in range(num_runs)]
     return CombinedCut(flagged, alpha, float(q[any_scored].mean()), float(f1[best]), runs, capped)
@@ -480,39 +526,16 @@ def _fit_joint(
             likelihood = 0.0
             masses = []
             for r, s in enumerate(runs):
-                log, mu, sd = logs[r], mus[r], sds[r]
-                log[:, :2] = (
-                    np.log(weight[:2]) - np.log(sd) - 0.5 * ((s[:, None] - mu) / sd) ** 2
-                    - 0.5 * np.log(2.0 * np.pi)
-                )  # fmt: skip
-                log[:, 2] = np.log(weight[2]) - np.log(spans[r])
-                top = log.max(axis=1, keepdims=True)
-                total = top[:, 0] + np.log(np.exp(log - top).sum(axis=1))
-                posts[r] = np.exp(log - total[:, None])
+                posts[r], total = _e_step(logs[r], s, weight, mus[r], sds[r], spans[r])
                 masses.append(posts[r].sum(axis=0))
                 likelihood += float(total.sum())
             if any((mass[:2] <= 0).any() for mass in masses):
                 break
             weight = np.sum(masses, axis=0) / total_n
             for r, s in enumerate(runs):
-                post, mass = posts[r], masses[r]
-                mu = (post[:, :2] * s[:, None]).sum(axis=0) / mass[:2]
-                squares = (post[:, :2] * (s[:, None] - mu) ** 2).sum(axis=0)
-                var = squares / mass[:2]
-                if pool_spread:
-                    low = int(np.argmin(mu))
-                    m, v_t = prior[r]
-                    if var[low] > v_t:  # wider than the threshold samples: pooled with theirs
-                        var[low] = (squares[low] + m * v_t) / (mass[low] + m)
-                mus[r] = mu
-                sds[r] = np.sqrt(var) + floors[r]
+                pooled = prior[r] if pool_spread else None
+                mus[r], sds[r] = _m_step(s, posts[r], masses[r], floors[r], pooled)
             if likelihood - previous < 1e-9 * abs(likelihood):
                 break
             previous = likelihood
-    out = []
-    for r in range(len(runs)):
-        low = int(np.argmin(mus[r]))
-        log, post = logs[r], posts[r]
-        share = 1.0 / (1.0 + np.exp(np.clip(log[:, 1 - low] - log[:, low], -700.0, 700.0)))
-        out.append(np.asarray(post[:, low] + post[:, 2] * share))
-    return out
+    return [_mislabeled(logs[r], posts[r], mus[r]) for r in range(len(runs))]
