@@ -449,14 +449,14 @@ def scan_pieces(
     clean = True
     seen = np.zeros(0, dtype=bool)  # per distinct id: seen in this epoch (1 byte an id)
     waiting: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # new ids: words, hashes, rows
-    with closing(_hashed_ahead(pieces, id_kind)) as ahead:  # its thread ends with it
+    with closing(_hashed_ahead(pieces)) as ahead:  # its thread ends with it
         for piece_words, h, epoch_rows in ahead:
             n = len(piece_words)
             if n:
                 # each row's index goes straight into its place in resolved (int32), when kept
                 out = None if resolved is None else resolved[at : at + n]
                 if index is None:
-                    found = np.full(n, -1, dtype=np.int64) if out is None else out
+                    found = np.empty(n, dtype=np.int64) if out is None else out
                     found[:] = -1
                 else:
                     found = index.find_words(piece_words, h, out=out)
@@ -477,10 +477,10 @@ def scan_pieces(
             if epoch_rows is None:
                 continue
             if waiting:
+                index = None  # the old table goes before the new one is built
                 words, counts, seen, index, ordered = _add_new_ids(
-                    waiting, words, counts, seen, index, ordered, id_kind, resolved
+                    waiting, words, counts, seen, ordered, id_kind, resolved
                 )
-                waiting = []
             clean = clean and int(np.count_nonzero(seen)) == epoch_rows
             counts += seen
             seen = np.zeros(len(words), dtype=bool)
@@ -506,14 +506,14 @@ def _add_new_ids(
     words: np.ndarray,
     counts: np.ndarray,
     seen: np.ndarray,
-    index: HashIndex | None,
     ordered: bool,
     id_kind: str,
     resolved: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, HashIndex, bool]:
     """:func:`scan_pieces` at an epoch's end: its new ids (``waiting``: per piece, their words,
-    hashes and rows) added to the universe ``words``, their rows resolved, marked ``seen``, and
-    the table built anew. Returns the new ``words, counts, seen, index, ordered``."""
+    hashes and rows; emptied) added to the universe ``words``, their rows resolved, marked
+    ``seen``, and the table built anew (the caller has let the old one go). Returns the new
+    ``words, counts, seen, index, ordered``."""
     width = max(w.shape[1] for w, _, _ in waiting)
     parts = [id_keys.widen_words(w, width) for w, _, _ in waiting]
     hash_parts = [h for _, h, _ in waiting]
@@ -550,9 +550,7 @@ def _add_new_ids(
     seen = np.concatenate([seen, np.zeros(len(words) - len(seen), dtype=bool)])
     seen[inverse] = True
     del inverse
-    index = None  # the old table goes before the new one is built
-    index = HashIndex(_as_keys(words, id_kind), hashes, words)
-    return words, counts, seen, index, ordered
+    return words, counts, seen, HashIndex(_as_keys(words, id_kind), hashes, words), ordered
 
 
 def _as_keys(words: np.ndarray, id_kind: str) -> np.ndarray:
@@ -564,7 +562,7 @@ def _as_keys(words: np.ndarray, id_kind: str) -> np.ndarray:
 
 
 def _hashed_ahead(
-    pieces: Iterable[Piece], id_kind: str
+    pieces: Iterable[Piece],
 ) -> Generator[tuple[np.ndarray, np.ndarray, int | None], None, None]:
     """Per piece, its keys as :func:`~aum_replay.keys.key_words`, their hashes, and its
     epoch's rows (at the epoch's last piece), each piece read and hashed by a thread while the
