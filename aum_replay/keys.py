@@ -175,6 +175,16 @@ def _rows_differ(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.any(a != b, axis=1)
 
 
+def _match(entries: np.ndarray, tags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slots of a :class:`HashIndex` table against the keys' tags: each slot's index
+    (``int64``), whether it is taken, and whether it is taken with the key's tag."""
+    found = (entries & _LOW).astype(np.int64)
+    taken = found != int(_LOW)
+    hit = (entries >> _TAG) == tags
+    hit &= taken
+    return found, taken, hit
+
+
 class HashIndex:
     """Dense index of keys in ``universe``, an array of distinct keys (any order), by hash.
 
@@ -287,20 +297,14 @@ class HashIndex:
         (~1 in 4 at the table's load) go on a slot at a time. The table ends with a free slot:
         no wrapping.
         """
-        entries = self._table[slot]  # every key's home slot: no indirection for this one
-        found = (entries & _LOW).astype(np.int64)
-        taken = found != int(_LOW)
-        hit = (entries >> _TAG) == tags
-        hit &= taken
+        # every key's home slot first, with no index array in between
+        found, taken, hit = _match(self._table[slot], tags)
         index = np.where(hit, found, -1)
         at = slot.copy()
         todo = np.flatnonzero(taken & ~hit)  # another key's slot: probe on
         at[todo] += 1
         while len(todo):
-            entries = self._table[at[todo]]
-            found = (entries & _LOW).astype(np.int64)
-            taken = found != int(_LOW)
-            hit = taken & ((entries >> _TAG) == tags[todo])
+            found, taken, hit = _match(self._table[at[todo]], tags[todo])
             index[todo[hit]] = found[hit]
             todo = todo[taken & ~hit]
             at[todo] += 1
