@@ -279,9 +279,7 @@ def _compute(
         aum = folded.signals["aum"]
         counts = folded.counts
         order = sort_values(keys, aum, ascending_ids=True)
-        # the table's ids gathered before they become a column (see IdScan.id_column); int ids
-        # stay a numpy array (polars' gather of 40k ints costs ~0.1 ms more)
-        ids = scan.id_column(order=order) if scan.keys is not None else scan.universe[order]
+        ids = scan.id_column(order=order)  # gathered before they become a column
         table = pl.DataFrame(
             {
                 "sample_id": ids,

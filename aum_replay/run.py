@@ -234,8 +234,9 @@ class IdScan:
     def id_column(self, name: str = "sample_id", order: np.ndarray | None = None) -> Any:
         """The universe as a polars column: string ids straight from their UTF-8 keys (a
         byte copy, ~8x cheaper than converting numpy's unicode array). ``order``: the
-        universe's positions to take, in that order (gathered as keys first: polars' own gather
-        of a string column copies it again, ~15 MiB more at 400k ids)."""
+        universe's positions to take, in that order, gathered by numpy before the column is
+        made (polars' own gather copies a string column again, ~15 MiB more at 400k ids, and
+        costs ~0.1 ms more for 40k ints)."""
         import polars as pl
 
         if self.keys is not None:
