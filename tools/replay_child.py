@@ -26,20 +26,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from measure import peak_rss_mib, rss_mib
 
 
-def pairs(count: int, a: tuple[str, bool], b: tuple[str, bool]) -> None:
-    """A and B alternated ``count`` times; one JSON line of medians (see the module docstring)."""
-    from statistics import median
-
+def _as_console_script() -> tuple[Any, Any]:
+    """This process set up as the console script runs: its malloc settings, before polars'
+    threads start, and the numpy kernels (torch is not imported here anyway). Returns
+    ``aum_replay.compute`` and ``aum_replay.format``."""
     from aum_replay.allocator import tune_allocator
 
     tune_allocator()
     from aum_replay import compute, format, kernels
 
     kernels.USE_LOADED_TORCH = False
+    return compute, format
+
+
+def pairs(count: int, a: tuple[str, bool], b: tuple[str, bool]) -> None:
+    """A and B alternated ``count`` times; one JSON line of medians (see the module docstring)."""
+    from statistics import median
+
+    compute, format = _as_console_script()
 
     def once(run_dir: str, verify: bool) -> float:
         format.VERIFY = verify
@@ -62,13 +71,9 @@ def pairs(count: int, a: tuple[str, bool], b: tuple[str, bool]) -> None:
 
 
 def main(run_dir: str, verify: bool, mode: str) -> None:
-    from aum_replay.allocator import tune_allocator
-
-    tune_allocator()  # before polars' threads start, as in the console script
-    from aum_replay import compute, format, kernels
+    compute, format = _as_console_script()
     from aum_replay.cli import app
 
-    kernels.USE_LOADED_TORCH = False  # the CLI's kernels (torch is not imported here anyway)
     format.VERIFY = verify
     rows: int | None = None  # the console script does not hand back its result
 
