@@ -404,31 +404,30 @@ def write_format_run(
     return in_log, time.perf_counter() - started
 
 
+def child_replay(*args: str) -> dict[str, float]:
+    """The JSON line of one ``replay_child.py ARGS`` in a fresh process."""
+    child = Path(__file__).with_name("replay_child.py")
+    done = subprocess.run(
+        [sys.executable, str(child), *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def format_replay(
     run_dir: Path, verify: bool = True, repeats: int = 3, mode: str = "library"
 ) -> dict[str, float]:
-    runs = []
-    for _ in range(repeats):
-        child = Path(__file__).with_name("replay_child.py")
-        args = [sys.executable, str(child), str(run_dir), str(int(verify)), mode]
-        done = subprocess.run(args, capture_output=True, text=True, check=False)
-        if done.returncode:
-            raise SystemExit(done.stderr)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return best(runs)
+    return best([child_replay(str(run_dir), str(int(verify)), mode) for _ in range(repeats)])
 
 
 def paired(a: tuple[Path, bool], b: tuple[Path, bool], count: int = 15) -> dict[str, float]:
     """Replays A and B alternated ``count`` times in one fresh process (``replay_child.py
     pairs``): medians of each, of their paired difference (A - B) and ratio (A / B)."""
-    child = Path(__file__).with_name("replay_child.py")
-    args = [sys.executable, str(child), "pairs", str(count)]
+    args = ["pairs", str(count)]
     for run_dir, verify in (a, b):
         args += [str(run_dir), str(int(verify))]
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(done.stderr)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_replay(*args)
 
 
 def validation_ms(run_dir: Path, repeats: int = 5) -> float:
