@@ -135,7 +135,7 @@ def main(root: Path) -> None:
             oracle = np.zeros(len(flipped), bool)
             oracle[order[: flipped.sum()]] = True
             table[setting][f"oracle/{span}"].append(f1(oracle, flipped))
-            # flag's default: one fit of both runs (shared weights, pooled spread), cut per run
+            # the default before: one fit of both runs (shared weights, pooled spread), cut per run
             for name, pool in (("joint", True), ("joint-unpooled", False)):
                 fits = joint_mixture_cuts(
                     [aum[r, scored[r]] for r in range(2)],
