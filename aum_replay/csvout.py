@@ -102,22 +102,43 @@ def sort_values(
     )
     if in_order and not (nan.any() and np.isneginf(aum).any()):
         # ids already ascending (a replay's universe): NaN after every value, ties by position.
-        key = np.where(nan, np.inf, -aum)
-        order = np.argsort(key)  # SIMD quicksort: ~6x a stable sort, but ties in any order
-        ordered = key[order]
-        same = ordered[1:] == ordered[:-1]
-        if same.any():  # put each run of equal keys back in position (= id) order
-            n = len(order)
-            tied = np.zeros(n, dtype=bool)
-            tied[1:] |= same
-            tied[:-1] |= same
-            at = np.flatnonzero(tied)
-            run = np.cumsum(np.concatenate([[True], ~same]))[at].astype(np.int64)
-            order[at] = np.sort(run * n + order[at]) % n  # runs stay where they are
-        return order
+        return _sorted_positions(np.where(nan, np.inf, -aum))
     id_rank = np.argsort(np.argsort(sample_ids, kind="stable"), kind="stable")
     key = np.where(nan, 0.0, -aum)
     return np.lexsort((id_rank, key, nan))
+
+
+_LOW63 = np.int64(0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _sorted_positions(key: np.ndarray) -> np.ndarray:
+    """The stable ascending order of ``key`` (float64, no NaN): ties keep position order.
+
+    One SIMD sort of int64 words instead of an argsort (~0.2 against ~0.45 ms at 40k): each
+    word is the key's bits made to order as int64 does, its low ``b`` bits replaced by the
+    position (``b`` bits hold ``len - 1``). Words order by (the key's top ``64 - b`` bits,
+    position); keys that share those bits but differ below them (within ~2**-(52 - b) of each
+    other) are put in order afterwards, run by run, so the result is exact.
+    """
+    n = len(key)
+    bits = (key + 0.0).view(np.int64)  # + 0.0: -0.0 becomes 0.0, which it equals
+    ordered = bits ^ ((bits >> 63) & _LOW63)  # negative floats: magnitude order reversed
+    width = max(1, (n - 1).bit_length())
+    low = np.int64((1 << width) - 1)
+    words = (ordered & ~low) | np.arange(n, dtype=np.int64)
+    words.sort()
+    order = words & low
+    words &= ~low
+    same = words[1:] == words[:-1]
+    full = ordered[order]
+    if (same & (full[1:] < full[:-1])).any():  # keys apart only in their low bits: re-sort
+        tied = np.zeros(n, dtype=bool)
+        tied[1:] |= same
+        tied[:-1] |= same
+        at = np.flatnonzero(tied)
+        run = np.cumsum(np.concatenate([[True], ~same]))[at]
+        order[at] = order[at][np.lexsort((order[at], full[at], run))]  # runs stay in place
+    return order
 
 
 class CsvWriter:

@@ -234,3 +234,25 @@ def test_sort_values_matches_the_definition(values: list[float], ascending_ids: 
         key=lambda i: (math.isnan(values[i]), 0.0 if math.isnan(values[i]) else -values[i], ids[i]),
     )
     assert sort_values(ids, aum).tolist() == want
+
+
+@given(
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.lists(st.integers(0, 3000), min_size=1, max_size=400),
+    st.lists(st.sampled_from([0.0, -0.0, math.nan, math.inf]), max_size=5),
+)
+def test_sort_values_orders_keys_apart_in_their_last_bits(
+    base: float, ulps: list[int], extra: list[float]
+) -> None:
+    """Values a few ulps apart (and repeated): the fast path packs each position into a key's
+    low bits, so keys that differ only there must still come out in exact order."""
+    steps = np.array(ulps, dtype=np.int64)
+    start = np.float64(base).view(np.int64)
+    values = [*(start + steps).view(np.float64).tolist(), *extra]
+    aum = np.array(values, dtype=np.float64)
+    ids = np.arange(len(values))
+    want = sorted(
+        range(len(values)),
+        key=lambda i: (math.isnan(values[i]), 0.0 if math.isnan(values[i]) else -values[i], i),
+    )
+    assert sort_values(ids, aum, ascending_ids=True).tolist() == want
