@@ -1030,12 +1030,12 @@ def _validate_v2(
             at, count = entry["offsets"]
             if chunk_rows < 1 or count != -(-shape[0] // chunk_rows) or at + count > len(table):
                 raise FormatError(f"{path}: dataset {name!r} has a damaged chunk table")
-            offsets = table[at : at + count]
-            if count and (offsets.min() < 0 or offsets.max() + chunk_rows * row_bytes > end):
+            offsets = table[at : at + count].tolist()  # a few numbers: Python's min is faster
+            if count and (min(offsets) < 0 or max(offsets) + chunk_rows * row_bytes > end):
                 raise FormatError(
                     f"{path}: truncated or corrupt: a chunk of {name!r} lies past its data"
                 )
-            raw[name] = ChunkMap(chunk_rows, row_bytes, tuple(offsets.tolist()))
+            raw[name] = ChunkMap(chunk_rows, row_bytes, tuple(offsets))
     metadata, threshold = record.get("metadata"), record.get("threshold")
     if not isinstance(metadata, dict) or not isinstance(threshold, (dict, type(None))):
         raise FormatError(f"{path}: metadata or threshold in the manifest is not an object")
