@@ -212,9 +212,10 @@ class IdScan:
     array, see :meth:`~aum_replay.format.ShardReader.read_id_keys`), in the same order; ``None``
     for int ids. Mapping keys costs no Python object per row."""
     rows: dict[Location, np.ndarray] | None = field(default=None, repr=False)
-    """String ids, when they fit in :data:`RESOLVED_BYTES`: per shard, every row's index in
-    ``universe`` (``int32``), found by the scan that read them, so that the replay need not read,
-    hash and look up the ids a second time; ``None`` otherwise (the replay looks them up)."""
+    """Where :func:`resolves_rows`: per shard, every row's index in ``universe`` (``int32`` for
+    string ids, ``int64`` for int ids), found by the scan that read them, so that the replay
+    need not read (string ids: hash and look up) the ids a second time; ``None`` otherwise
+    (the replay looks them up)."""
 
     @property
     def universe(self) -> np.ndarray:
@@ -279,6 +280,7 @@ def scan_ids(
             return _scan_string_keys(shards, stop)
         except Collision:  # two ids with one hash: sort the bytes instead (below)
             pass
+    kept: list[tuple[Location, np.ndarray]] | None = [] if resolves_rows(shards, id_kind) else None
     uniques: list[np.ndarray] = []
     stamp: np.ndarray | None = None  # int ids: last epoch ordinal seen, over [low, low + len)
     appearances: np.ndarray | None = None
@@ -287,6 +289,8 @@ def scan_ids(
     epoch_rows = ordinal = rows_seen = 0
     for k, info in enumerate(shards):
         ids = read_all_id_keys(info)
+        if kept is not None:
+            kept.append((info.path, ids))
         if len(ids) and id_kind == "str":
             appearances = None
             uniques.append(_sorted_unique(ids))  # UTF-8 keys: sorted as the strings are
@@ -308,7 +312,7 @@ def scan_ids(
                         appearances = more
                     stamp, low = wider, first
             if stamp is not None and lo >= low and hi < low + len(stamp):
-                stamp[ids - low] = ordinal  # O(rows), no sort: the common dense-id case
+                stamp[ids - low if low else ids] = ordinal  # O(rows), no sort: dense ids
                 epoch_rows += len(ids)
             else:
                 appearances = None  # ids outside the table: no cheap duplicate check
@@ -331,16 +335,22 @@ def scan_ids(
         keys = None if id_kind == "int" else np.zeros(0, dtype="S1")
         return IdScan(empty, np.zeros(0, dtype=np.int64) if clean else None, keys)
     if len(uniques) == 1 and stamp is not None:
-        return IdScan(uniques[0], appearances if clean else None)
-    universe = _sorted_unique(np.concatenate(uniques))
-    if id_kind == "str":
-        return IdScan(None, None, universe)
-    return IdScan(universe, None)
+        scan = IdScan(uniques[0], appearances if clean else None)
+    else:
+        universe = _sorted_unique(np.concatenate(uniques))
+        if id_kind == "str":
+            return IdScan(None, None, universe)
+        scan = IdScan(universe, None)
+    if kept is None:
+        return scan
+    index = IdIndex(scan.universe, "int")  # ids 0..N-1 are their own index: no copy
+    return dataclasses.replace(scan, rows={path: index(ids) for path, ids in kept})
 
 
 #: Most bytes the scan of a string-id run keeps to hand every row's index to the replay
 #: (:attr:`IdScan.rows`, 4 bytes a row: 64M rows; while the scan maps them to the sorted
-#: universe, about 3x that for a moment); a larger run's replay looks its ids up again.
+#: universe, about 3x that for a moment); a larger run's replay looks its ids up again. The
+#: scan of an int-id run of summary shards keeps its ids under the same bound (8 bytes a row).
 RESOLVED_BYTES = 256 << 20
 
 
@@ -349,9 +359,14 @@ class ScanStopped(Exception):
 
 
 def resolves_rows(shards: Sequence[ShardInfo], id_kind: str) -> bool:
-    """Whether :func:`scan_ids` hands back every row's index (:attr:`IdScan.rows`): string ids
-    of at most :data:`RESOLVED_BYTES` of indices (unless two ids share a hash)."""
-    return id_kind == "str" and sum(s.num_rows for s in shards) * 4 <= RESOLVED_BYTES
+    """Whether :func:`scan_ids` hands back every row's index (:attr:`IdScan.rows`), within
+    :data:`RESOLVED_BYTES`: string ids (unless two ids share a hash), whose second reading
+    would hash and look up every id again; and int ids of a run of summary shards, where the
+    ids are a third of the bytes read (of a logits run, well under 1%: not worth the memory)."""
+    rows = sum(s.num_rows for s in shards)
+    if id_kind == "str":
+        return rows * 4 <= RESOLVED_BYTES
+    return all(s.storage == "summary" for s in shards) and rows * 8 <= RESOLVED_BYTES
 
 
 def _scan_string_keys(shards: Sequence[ShardInfo], stop: threading.Event | None) -> IdScan:

@@ -43,9 +43,11 @@ def runs(draw: st.DrawFn) -> tuple[Epochs, str]:
     return epochs, kind
 
 
-def write(run_dir: Path, epochs: Epochs, kind: str) -> None:
+def write(run_dir: Path, epochs: Epochs, kind: str, storage: str = "auto") -> None:
     world = max(len(ranks) for ranks in epochs)
-    loggers = [LogitLogger(run_dir, rank=r, world_size=world) for r in range(world)]
+    loggers = [
+        LogitLogger(run_dir, rank=r, world_size=world, storage=storage) for r in range(world)
+    ]
     for epoch, ranks in enumerate(epochs):
         for rank, ids in enumerate(ranks):
             if ids:
@@ -58,17 +60,28 @@ def write(run_dir: Path, epochs: Epochs, kind: str) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(runs())
+@given(runs(), st.sampled_from(["auto", "summary"]))
 def test_scan_ids_matches_brute_force(
-    tmp_path_factory: pytest.TempPathFactory, case: tuple[Epochs, str]
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[Epochs, str], storage: str
 ) -> None:
+    """The universe and appearances; and where the scan keeps every row's index (string ids,
+    and int ids of summary shards), that each is its id's place in the universe."""
     epochs, kind = case
     if not any(ids for ranks in epochs for ids in ranks):
         return  # nothing logged: no shard
     run_dir = tmp_path_factory.mktemp("run")
-    write(run_dir, epochs, kind)
+    write(run_dir, epochs, kind, storage)
     run = open_run(run_dir)
     scan = scan_ids(run.shards, run.id_kind)
+    if kind == "str" or storage == "summary":
+        assert scan.rows is not None
+        position = {key: k for k, key in enumerate(scan.universe.tolist())}
+        for shard in run.shards:
+            with ShardReader(shard.path, info=shard) as reader:
+                ids = [position[i] for i in reader.read_ids().tolist()]
+            assert scan.rows[shard.path].tolist() == ids
+    else:  # int ids of logits: the replay maps them as it reads them
+        assert scan.rows is None
     # only epochs with rows have shards
     logged = [[ids for ids in ranks if ids] for ranks in epochs]
     rows = [[i for ids in ranks for i in ids] for ranks in logged if ranks]
