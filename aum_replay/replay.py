@@ -280,20 +280,21 @@ def _compute(
         counts = folded.counts
         order = sort_values(keys, aum, ascending_ids=True)
         ids = scan.id_column(order=order)  # gathered before they become a column
+        sorted_aum = aum.take(order)  # take: ~25% faster than indexing with an array
         table = pl.DataFrame(
-            {
-                "sample_id": ids,
-                "aum": aum[order],
-                "num_measurements": counts[order],
-                "target": folded.labels[order],
-            }
+            [
+                ids,
+                pl.Series("aum", sorted_aum),
+                pl.Series("num_measurements", counts.take(order)),
+                pl.Series("target", folded.labels.take(order)),
+            ]
         )
         values_path = full_path = None
         removed: list[Path] = []
         if outputs is not None:
             with writing(outputs.out_dir, VALUES_NAME):
                 values_csv = outputs.csv(VALUES_NAME, VALUES_COLUMNS)
-                values_csv.write({"sample_id": ids, "aum": aum[order]})
+                values_csv.write({"sample_id": ids, "aum": sorted_aum})
             if spill is not None:
                 with writing(outputs.out_dir, FULL_NAME):
                     full_csv = outputs.csv(FULL_NAME, FULL_COLUMNS)

@@ -241,9 +241,9 @@ class IdScan:
         import polars as pl
 
         if self.keys is not None:
-            keys = self.keys if order is None else self.keys[order]
+            keys = self.keys if order is None else self.keys.take(order)
             return pl.Series(name, keys).cast(pl.String)
-        return pl.Series(name, self.universe if order is None else self.universe[order])
+        return pl.Series(name, self.universe if order is None else self.universe.take(order))
 
     @property
     def index_keys(self) -> np.ndarray:
