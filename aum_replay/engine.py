@@ -246,7 +246,7 @@ class Fold:
         self._count_epochs = not running and counts is None and self._ledger.first_only
         self._count_rows = running or (counts is None and not self._count_epochs)
         self.counts = np.zeros(num_samples, dtype=np.int64) if counts is None or running else counts
-        self._scratch = np.zeros(num_samples, dtype=np.int64)
+        self._scratch: np.ndarray | None = None  # for all_unique, made when first needed
         self.nonfinite = 0
         self.frontier = 0
         self._epoch: int | None = None
@@ -266,7 +266,7 @@ class Fold:
         extra = num_samples - self.num_samples
         self.labels = np.concatenate([self.labels, np.full(extra, -1, dtype=np.int64)])
         self.counts = np.concatenate([self.counts, np.zeros(extra, dtype=np.int64)])
-        self._scratch = np.zeros(num_samples, dtype=np.int64)
+        self._scratch = None
         self._ledger.resize(num_samples)
         for reducer in self.reducers:
             reducer.resize(num_samples)
@@ -372,13 +372,18 @@ class Fold:
         self.labels[rows.index] = rows.targets  # a repeated index: its last row's label
         if "margin" in rows.stats and not seg.finite:
             self.nonfinite += int((~np.isfinite(rows.stats["margin"])).sum())
-        if self._ledger.unique_rows or all_unique(rows.index, self._scratch):
+        if self._ledger.unique_rows or all_unique(rows.index, self._scratch_array()):
             self._round(rows, keep)
             return
         rank = occurrence_rank(rows.index)  # --duplicates all: the k-th rows in round k
         for k in range(int(rank.max()) + 1):
             pick = np.flatnonzero(rank == k)
             self._round(rows.rows(pick), pick if keep is None else keep[pick])
+
+    def _scratch_array(self) -> np.ndarray:
+        if self._scratch is None:
+            self._scratch = np.zeros(self.num_samples, dtype=np.int64)
+        return self._scratch
 
     def _round(self, rows: Segment, where: np.ndarray | None) -> None:
         """Rows without a repeated index into the counts, the reducers and the sink."""

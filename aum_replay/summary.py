@@ -91,7 +91,8 @@ def summary_stats(
     out: Stats = {}
     if TARGET_VAL in block:
         target = widen(block[TARGET_VAL], stored)
-        target64 = target.astype(np.float64)
+        if needs & {"target_val", "loss", "p_target"}:  # not for the margin alone
+            target64 = target.astype(np.float64)
     if "margin" in needs:
         out["margin"] = _difference(target, widen(block[OTHER_VAL], stored), stored)
     if "target_val" in needs:
