@@ -312,7 +312,9 @@ def scan_ids(
                         appearances = more
                     stamp, low = wider, first
             if stamp is not None and lo >= low and hi < low + len(stamp):
-                stamp[ids - low if low else ids] = ordinal  # O(rows), no sort: dense ids
+                # O(rows), no sort: dense ids. The value as an int32 scalar, as the table is:
+                # numpy scatters a Python int ~1.6x slower (50 against 30 us for 40k ids).
+                stamp[ids - low if low else ids] = np.int32(ordinal)
                 epoch_rows += len(ids)
             else:
                 appearances = None  # ids outside the table: no cheap duplicate check
