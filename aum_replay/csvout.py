@@ -130,6 +130,8 @@ def _sorted_positions(key: np.ndarray) -> np.ndarray:
     order = words & low
     words &= ~low
     same = words[1:] == words[:-1]
+    if not same.any():  # no two keys share their top bits: the order is exact
+        return order
     full = ordered[order]
     if (same & (full[1:] < full[:-1])).any():  # keys apart only in their low bits: re-sort
         tied = np.zeros(n, dtype=bool)
