@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import json
 import math
@@ -133,9 +134,10 @@ STR_DTYPE = h5py.string_dtype("utf-8")
 def index_dtype(num_classes: int) -> np.dtype[Any]:
     """The smallest signed integer dtype that holds class indices ``-1 .. num_classes - 1``
     (a summary shard's ``targets``, ``other_logit`` and ``argmax``)."""
-    for dtype in (np.int16, np.int32):
-        if num_classes <= np.iinfo(dtype).max:
-            return np.dtype(dtype).newbyteorder("<")
+    if num_classes <= 2**15 - 1:
+        return np.dtype("<i2")
+    if num_classes <= 2**31 - 1:
+        return np.dtype("<i4")
     return np.dtype("<i8")
 
 
@@ -143,7 +145,13 @@ Columns = dict[str, tuple[np.dtype[Any], tuple[int, ...]]]
 
 
 def row_columns(storage: str, stored_dtype: str, num_classes: int) -> Columns:
-    """``name -> (disk dtype, row shape)`` of the per-row datasets of a v2 shard, ids aside."""
+    """``name -> (disk dtype, row shape)`` of the per-row datasets of a v2 shard, ids aside
+    (a new dict: the caller may change it)."""
+    return dict(_row_columns(storage, stored_dtype, num_classes))
+
+
+@functools.lru_cache(maxsize=64)
+def _row_columns(storage: str, stored_dtype: str, num_classes: int) -> Columns:
     if storage == "logits":
         return {LOGITS: (DISK_DTYPES[stored_dtype], (num_classes,)), TARGETS: (_INT64, ())}
     value, index, f64 = DISK_DTYPES[stored_dtype], index_dtype(num_classes), np.dtype("<f8")
@@ -940,6 +948,12 @@ def _newer(path: Location, version: Any) -> FormatError:
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed_dtype(text: str) -> np.dtype[Any]:
+    """A manifest's dtype string as a numpy dtype (shards of a run repeat the same few)."""
+    return np.dtype(text)
+
+
 def _check_type(path: Location, record: dict[str, Any], key: str, kind: type) -> Any:
     value = record.get(key)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -992,7 +1006,7 @@ def _validate_v2(
     if num_rows < 0 or num_classes < 2 or group < 1:
         raise FormatError(f"{path}: impossible rows, classes or group size in the manifest")
     expected: dict[str, tuple[np.dtype[Any], tuple[int, ...] | None]] = dict(
-        row_columns(storage, stored, num_classes)
+        _row_columns(storage, stored, num_classes)
     )
     if id_kind == "int":
         expected[SAMPLE_IDS] = (_INT64, ())
@@ -1010,7 +1024,7 @@ def _validate_v2(
     for name, (dtype, row_shape) in expected.items():
         entry = datasets[name]
         shape = tuple(entry["shape"])
-        if np.dtype(entry["dtype"]) != dtype or not shape:
+        if _parsed_dtype(entry["dtype"]) != dtype or not shape:
             raise FormatError(
                 f"{path}: dataset {name!r} has dtype {entry['dtype']}, expected {dtype}"
             )
@@ -1040,9 +1054,10 @@ def _validate_v2(
     if not isinstance(metadata, dict) or not isinstance(threshold, (dict, type(None))):
         raise FormatError(f"{path}: metadata or threshold in the manifest is not an object")
     main = LOGITS if storage == "logits" else TARGET_VAL
+    fields = {**ints, **texts}
     return ShardInfo(
         path=path,
-        **{key: {**ints, **texts}[key] for key in _SCALARS},
+        **{key: fields[key] for key in _SCALARS},
         metadata=metadata,
         threshold=threshold,
         format_version=version,
