@@ -102,7 +102,9 @@ def sort_values(
     )
     if in_order and not (nan.any() and np.isneginf(aum).any()):
         # ids already ascending (a replay's universe): NaN after every value, ties by position.
-        return _sorted_positions(np.where(nan, np.inf, -aum))
+        key = np.subtract(0.0, aum)  # -aum, but 0.0 - 0.0 is 0.0: no -0.0 (it equals 0.0)
+        key[nan] = np.inf
+        return _sorted_positions(key)
     id_rank = np.argsort(np.argsort(sample_ids, kind="stable"), kind="stable")
     key = np.where(nan, 0.0, -aum)
     return np.lexsort((id_rank, key, nan))
@@ -112,7 +114,8 @@ _LOW63 = np.int64(0x7FFF_FFFF_FFFF_FFFF)
 
 
 def _sorted_positions(key: np.ndarray) -> np.ndarray:
-    """The stable ascending order of ``key`` (float64, no NaN): ties keep position order.
+    """The stable ascending order of ``key`` (float64, no NaN, no -0.0): ties keep position
+    order.
 
     One SIMD sort of int64 words instead of an argsort (~0.2 against ~0.45 ms at 40k): each
     word is the key's bits made to order as int64 does, its low ``b`` bits replaced by the
@@ -121,25 +124,29 @@ def _sorted_positions(key: np.ndarray) -> np.ndarray:
     other) are put in order afterwards, run by run, so the result is exact.
     """
     n = len(key)
-    bits = (key + 0.0).view(np.int64)  # + 0.0: -0.0 becomes 0.0, which it equals
-    ordered = bits ^ ((bits >> 63) & _LOW63)  # negative floats: magnitude order reversed
+    bits = key.view(np.int64)
+    ordered = bits >> 63
+    ordered &= _LOW63
+    ordered ^= bits  # negative floats: magnitude order reversed
     width = max(1, (n - 1).bit_length())
     low = np.int64((1 << width) - 1)
-    words = (ordered & ~low) | np.arange(n, dtype=np.int64)
+    words = ordered & ~low
+    words |= np.arange(n, dtype=np.int64)
     words.sort()
     order = words & low
     words &= ~low
     same = words[1:] == words[:-1]
     if not same.any():  # no two keys share their top bits: the order is exact
         return order
-    full = ordered[order]
-    if (same & (full[1:] < full[:-1])).any():  # keys apart only in their low bits: re-sort
-        tied = np.zeros(n, dtype=bool)
-        tied[1:] |= same
-        tied[:-1] |= same
-        at = np.flatnonzero(tied)
-        run = np.cumsum(np.concatenate([[True], ~same]))[at]
-        order[at] = order[at][np.lexsort((order[at], full[at], run))]  # runs stay in place
+    pairs = np.flatnonzero(same)  # neighbours (k, k + 1) that share them: usually equal keys
+    if not (ordered[order[pairs + 1]] < ordered[order[pairs]]).any():
+        return order
+    tied = np.zeros(n, dtype=bool)  # keys apart only in their low bits: re-sort those runs
+    tied[pairs] = True
+    tied[pairs + 1] = True
+    at = np.flatnonzero(tied)
+    run = np.cumsum(np.concatenate([[True], ~same]))[at]
+    order[at] = order[at][np.lexsort((order[at], ordered[order[at]], run))]  # runs stay put
     return order
 
 
