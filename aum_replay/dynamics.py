@@ -112,6 +112,7 @@ def _replay(
             duplicates=duplicates,
             clean=clean,
             counts=scan.appearances if clean else None,
+            labels_epoch=scan.labels_epoch(run.shards),
         )
         feed(fold, segments, run.num_rows, progress)
     folded = fold.result(run.num_rows)

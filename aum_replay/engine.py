@@ -213,6 +213,11 @@ class Fold:
         rows are not counted one by one, unless a reducer or the sink needs running counts.
     sink
         Receives every counted row with its running count and AUM (needs an :class:`AUM`).
+    labels_epoch
+        The caller knows that every sample has a counted row in this epoch, the run's last
+        (a clean run whose every sample is in every epoch): the labels, those of each sample's
+        last counted row, then come from its rows alone, and the scatter of every earlier
+        epoch's targets is skipped.
     """
 
     def __init__(
@@ -224,6 +229,7 @@ class Fold:
         clean: bool = False,
         counts: np.ndarray | None = None,
         sink: Sink | None = None,
+        labels_epoch: int | None = None,
     ) -> None:
         if duplicates not in ("first", "all"):
             raise ValueError(f"duplicates must be 'first' or 'all', not {duplicates!r}")
@@ -231,6 +237,7 @@ class Fold:
         self.duplicates: Duplicates = duplicates
         self.clean = clean
         self.sink = sink
+        self.labels_epoch = labels_epoch
         self.aum: AUM | None = None
         for reducer in self.reducers:
             if isinstance(reducer, AUM):
@@ -369,7 +376,8 @@ class Fold:
         self.frontier = seg.stop
         keep = self._ledger.admit(seg)
         rows = seg if keep is None else seg.rows(keep)
-        self.labels[rows.index] = rows.targets  # a repeated index: its last row's label
+        if self.labels_epoch is None or seg.epoch == self.labels_epoch:
+            self.labels[rows.index] = rows.targets  # a repeated index: its last row's label
         if "margin" in rows.stats and not seg.finite:
             self.nonfinite += int((~np.isfinite(rows.stats["margin"])).sum())
         if self._ledger.unique_rows or all_unique(rows.index, self._scratch_array()):

@@ -273,6 +273,7 @@ def _compute(
             clean=clean,
             counts=scan.appearances if clean else None,
             sink=spill.sink if spill is not None else None,
+            labels_epoch=scan.labels_epoch(run.shards),
         )
         feed(fold, segments, run.num_rows, progress)
         folded = fold.result(run.num_rows)

@@ -243,7 +243,21 @@ class IdScan:
         if self.keys is not None:
             keys = self.keys if order is None else self.keys.take(order)
             return pl.Series(name, keys).cast(pl.String)
-        return pl.Series(name, self.universe if order is None else self.universe.take(order))
+        universe = self.universe
+        if order is None:
+            return pl.Series(name, universe)
+        if len(universe) and int(universe[-1]) - int(universe[0]) == len(universe) - 1:
+            return pl.Series(name, order + universe[0])  # ids low, low + 1, ...: no gather
+        return pl.Series(name, universe.take(order))
+
+    def labels_epoch(self, shards: Sequence[ShardInfo]) -> int | None:
+        """The last epoch of ``shards`` (the ones scanned) when every sample appears in every
+        one of their epochs, so each sample's last row lies in it (see :class:`Fold`'s
+        ``labels_epoch``); else ``None``."""
+        if self.appearances is None or not len(self.appearances) or not shards:
+            return None
+        epochs = len({shard.epoch for shard in shards})
+        return shards[-1].epoch if int(self.appearances.min()) == epochs else None
 
     @property
     def index_keys(self) -> np.ndarray:

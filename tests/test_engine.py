@@ -318,3 +318,38 @@ def _cut(segment: Segment, cuts: set[int]) -> list[Segment]:
         pieces.append(head)
     pieces.append(segment)
     return pieces
+
+
+@given(
+    st.integers(1, 12),
+    st.integers(1, 4),
+    st.integers(1, 5),
+    st.randoms(use_true_random=False),
+)
+def test_labels_from_the_last_epoch_alone_are_the_labels_of_every_row(
+    n: int, epochs: int, pieces: int, rng: Any
+) -> None:
+    """A clean run whose every sample is in every epoch: folding only the last epoch's targets
+    (``labels_epoch``) gives each sample's last label, as scattering every epoch's does, even
+    where a sample's label changes between epochs; counts and AUM are untouched."""
+    segments = []
+    start = 0
+    for epoch in range(epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        cuts = sorted(rng.sample(range(1, n), min(pieces, n) - 1)) if n > 1 else []
+        for lo, hi in zip([0, *cuts], [*cuts, n], strict=True):
+            index = np.array(order[lo:hi], dtype=np.int64)
+            targets = np.array([rng.randrange(3) for _ in index], dtype=np.int64)
+            margin = {"margin": np.array([rng.uniform(-2, 2) for _ in index])}
+            segments.append(Segment(start, epoch, index, targets, margin))
+            start += len(index)
+    counts = np.full(n, epochs, dtype=np.int64)
+    results = []
+    for labels_epoch in (None, epochs - 1):
+        fold = Fold(n, [AUM(n)], clean=True, counts=counts, labels_epoch=labels_epoch)
+        results.append(fold_all(fold, segments).result(start))
+    plain, last_only = results
+    assert last_only.labels.tolist() == plain.labels.tolist()
+    assert last_only.counts.tolist() == plain.counts.tolist()
+    assert last_only.signals["aum"].tolist() == plain.signals["aum"].tolist()

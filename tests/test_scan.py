@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aum_replay import LogitLogger
+from aum_replay import LogitLogger, compute
 from aum_replay import run as run_module
 from aum_replay.format import ShardReader
 from aum_replay.run import IdIndex, index_of, open_run, scan_ids
@@ -185,3 +185,36 @@ def test_appearances_follow_the_string_order_of_the_universe(tmp_path: Path) -> 
     scan = scan_ids(run.shards, run.id_kind)
     assert scan.universe.tolist() == ["10", "2"]
     assert scan.appearances is not None and scan.appearances.tolist() == [1, 2]
+
+
+def test_labels_come_from_the_last_epoch_only_when_every_sample_is_in_every_epoch(
+    tmp_path: Path,
+) -> None:
+    """IdScan.labels_epoch: the last epoch where each sample has a row in every epoch (its
+    last row is there); None when one is missing from an epoch or an epoch holds an id twice;
+    and a replay's targets are each sample's last label either way (labels change here)."""
+
+    def logged(name: str, epochs: list[tuple[list[int], list[int]]]) -> Path:
+        with LogitLogger(tmp_path / name) as logger:
+            for epoch, (ids, targets) in enumerate(epochs):
+                logger.log(torch.zeros(len(ids), 3), targets, ids, epoch=epoch)
+                logger.end_epoch()
+        return tmp_path / name
+
+    def targets(run_dir: Path) -> dict[int, int]:
+        table = compute(run_dir, None).aum
+        return dict(zip(table["sample_id"].to_list(), table["target"].to_list(), strict=True))
+
+    every = logged(
+        "every", [([0, 1, 2], [0, 0, 0]), ([2, 0, 1], [1, 1, 1]), ([1, 2, 0], [2, 0, 1])]
+    )
+    run = open_run(every)
+    assert scan_ids(run.shards, run.id_kind).labels_epoch(run.shards) == 2
+    assert targets(every) == {0: 1, 1: 2, 2: 0}
+    missing = logged("missing", [([0, 1, 2], [2, 2, 2]), ([0, 1], [1, 1])])
+    run = open_run(missing)
+    assert scan_ids(run.shards, run.id_kind).labels_epoch(run.shards) is None
+    assert targets(missing) == {0: 1, 1: 1, 2: 2}  # sample 2's last row is in epoch 0
+    twice = logged("twice", [([0, 1, 1], [0, 0, 0]), ([0, 1], [0, 0])])
+    run = open_run(twice)
+    assert scan_ids(run.shards, run.id_kind).labels_epoch(run.shards) is None
