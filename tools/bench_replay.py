@@ -443,6 +443,11 @@ def validation_ms(run_dir: Path, repeats: int = 5) -> float:
     return min(timings) * 1e3
 
 
+#: (samples, epochs) of the extra summary-replay figures at C=1000: small shards of many
+#: epochs, and large ones (ImageNet's 1.28M samples on 8 ranks are 160k rows a shard).
+SHAPES_C1000 = ((10_000, 20), (160_000, 3))
+
+
 def format_figures(args: argparse.Namespace) -> None:
     """Format v2 against v1 on the same logits, in this one run: one JSON line."""
     torch.set_num_threads(1)
@@ -522,6 +527,20 @@ def format_figures(args: argparse.Namespace) -> None:
             ratios[f"c{classes}_replay_speed_best_of_3_fresh"] = (
                 t_full["seconds"] / t_summ["seconds"]
             )
+        # The summary replay's ratio at C=1000 depends on the run's shape: a shard costs a
+        # fixed ~0.1 ms of Python (validation, opening and reading its datasets), a sample a
+        # sort and a gather. The same ~800 MB-1.9 GB of logits in other shapes (not goals):
+        for samples, epochs in SHAPES_C1000:
+            full, summ = tmp / f"full{samples}x{epochs}", tmp / f"summary{samples}x{epochs}"
+            write_format_run(full, samples, 1000, epochs)
+            write_format_run(summ, samples, 1000, epochs, storage="summary")
+            speed = paired((full, True), (summ, True), count=9)
+            report[f"summary_c1000_{samples}x{epochs}"] = {
+                "replay_s_full_paired": round(speed["seconds_a"], 4),
+                "replay_s_summary_paired": round(speed["seconds_b"], 4),
+            }
+            ratios[f"c1000_{samples}x{epochs}_replay_speed_summary_vs_full"] = speed["ratio"]
+            shutil.rmtree(full), shutil.rmtree(summ)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
