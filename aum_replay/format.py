@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -243,8 +243,7 @@ def torch_to_stored(dtype: torch.dtype) -> str:
     raise KeyError(str(dtype))
 
 
-@dataclass(frozen=True)
-class ChunkMap:
+class ChunkMap(NamedTuple):
     """Where the chunks of one dataset lie in its file, when they can be read without HDF5.
 
     Uncompressed, unfiltered little-endian chunks of whole rows hold the rows exactly as they are
@@ -961,6 +960,28 @@ def _check_type(path: Location, record: dict[str, Any], key: str, kind: type) ->
     return value
 
 
+_INT_FIELDS = ("epoch", "rank", "world_size", "num_classes", "num_rows", "group_rows")
+_TEXT_FIELDS = (
+    "run_id",
+    "storage",
+    "logits_dtype",
+    "stored_dtype",
+    "id_kind",
+    "package_version",
+    "created_utc",
+)
+
+
+def _fields(path: Location, record: dict[str, Any], keys: tuple[str, ...], kind: type) -> Any:
+    """``{key: record[key]}`` for ``keys``, each of exactly type ``kind`` (what JSON decodes;
+    a bool is not an int here)."""
+    values = {key: record.get(key) for key in keys}
+    for key, value in values.items():
+        if type(value) is not kind:
+            raise FormatError(f"{path}: manifest field {key!r} is missing or not {kind.__name__}")
+    return values
+
+
 def _validate_v2(
     path: Location, record: dict[str, Any], table: np.ndarray, end: int, identity: tuple[Any, ...]
 ) -> ShardInfo:
@@ -976,22 +997,8 @@ def _validate_v2(
         raise _newer(path, version)
     if version != 2:
         raise FormatError(f"{path}: a v2 manifest says format version {version}")
-    ints = {
-        k: _check_type(path, record, k, int)
-        for k in ("epoch", "rank", "world_size", "num_classes", "num_rows", "group_rows")
-    }
-    texts = {
-        k: _check_type(path, record, k, str)
-        for k in (
-            "run_id",
-            "storage",
-            "logits_dtype",
-            "stored_dtype",
-            "id_kind",
-            "package_version",
-            "created_utc",
-        )
-    }
+    ints: dict[str, int] = _fields(path, record, _INT_FIELDS, int)
+    texts: dict[str, str] = _fields(path, record, _TEXT_FIELDS, str)
     stored, id_kind, storage = texts["stored_dtype"], texts["id_kind"], texts["storage"]
     if stored not in DISK_DTYPES:
         raise FormatError(f"{path}: unknown stored dtype {stored!r}")
@@ -1054,7 +1061,7 @@ def _validate_v2(
     if not isinstance(metadata, dict) or not isinstance(threshold, (dict, type(None))):
         raise FormatError(f"{path}: metadata or threshold in the manifest is not an object")
     main = LOGITS if storage == "logits" else TARGET_VAL
-    fields = {**ints, **texts}
+    fields: dict[str, Any] = {**ints, **texts}
     return ShardInfo(
         path=path,
         **{key: fields[key] for key in _SCALARS},

@@ -283,6 +283,27 @@ def test_a_newer_manifest_version_is_refused_with_upgrade_advice(tmp_path: Path)
     assert result.exit_code == 1 and "upgrade aum-replay" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("change", "field", "kind"),
+    [
+        ({"num_rows": True}, "num_rows", "int"),  # JSON's true is not a row count
+        ({"epoch": 1.0}, "epoch", "int"),
+        ({"run_id": None}, "run_id", "str"),
+        ({"storage": 7}, "storage", "str"),
+    ],
+)
+def test_a_manifest_field_of_the_wrong_type_is_refused_naming_it(
+    tmp_path: Path, change: dict[str, object], field: str, kind: str
+) -> None:
+    """A manifest that passed its checksum but was written wrong (a writer's bug): the field is
+    named, whatever else is in the record."""
+    run = write_run(tmp_path / "run", epochs=1)
+    path = list_shards(run)[0][2]
+    rewrite_manifest(path, change)
+    with pytest.raises(FormatError, match=f"manifest field '{field}' is missing or not {kind}"):
+        read_info(path)
+
+
 def test_an_hdf5_rewrite_that_drops_the_manifest_is_refused(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", epochs=1)
     path = list_shards(run)[0][2]
