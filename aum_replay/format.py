@@ -953,13 +953,6 @@ def _parsed_dtype(text: str) -> np.dtype[Any]:
     return np.dtype(text)
 
 
-def _check_type(path: Location, record: dict[str, Any], key: str, kind: type) -> Any:
-    value = record.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise FormatError(f"{path}: manifest field {key!r} is missing or not {kind.__name__}")
-    return value
-
-
 _INT_FIELDS = ("epoch", "rank", "world_size", "num_classes", "num_rows", "group_rows")
 _TEXT_FIELDS = (
     "run_id",
@@ -992,7 +985,7 @@ def _validate_v2(
     """
     if record.get("format") != FORMAT_NAME:
         raise FormatError(f"{path}: not an aum-replay shard (format {record.get('format')!r})")
-    version = _check_type(path, record, "format_version", int)
+    version = _fields(path, record, ("format_version",), int)["format_version"]
     if version > FORMAT_VERSION:
         raise _newer(path, version)
     if version != 2:
