@@ -294,7 +294,10 @@ def scan_ids(
             return _scan_string_keys(shards, stop)
         except Collision:  # two ids with one hash: sort the bytes instead (below)
             pass
-    kept: list[tuple[Location, np.ndarray]] | None = [] if resolves_rows(shards, id_kind) else None
+    # Int ids of a summary run: every shard's ids, mapped to rows once the universe is known.
+    # (String ids reach this loop only when two shared a hash; their rows are looked up later.)
+    keep = id_kind == "int" and resolves_rows(shards, id_kind)
+    kept: list[tuple[Location, np.ndarray]] | None = [] if keep else None
     uniques: list[np.ndarray] = []
     stamp: np.ndarray | None = None  # int ids: last epoch ordinal seen, over [low, low + len)
     appearances: np.ndarray | None = None
