@@ -540,7 +540,8 @@ def format_figures(args: argparse.Namespace) -> None:
                 "replay_s_summary_paired": round(speed["seconds_b"], 4),
             }
             ratios[f"c1000_{samples}x{epochs}_replay_speed_summary_vs_full"] = speed["ratio"]
-            shutil.rmtree(full), shutil.rmtree(summ)
+            shutil.rmtree(full)
+            shutil.rmtree(summ)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
